@@ -1,0 +1,353 @@
+"""Read one mammogram from disk into a float32 ``(H, W)`` array in ``[0, 1]``.
+
+Formats: DICOM (``.dcm``/``.dicom`` or any name with the ``DICM`` marker at byte 128), PNG (1-16 bit),
+TIFF, PGM (P5 binary and P2 ASCII, 8/16 bit) and JPEG. The format is chosen from the file's first bytes,
+not its extension, so a mislabelled file is still read correctly or refused with a clear reason.
+
+Every failure is an :class:`ImageReadError` whose message is ``"<path>: <reason>"``; callers report it and
+skip the file. DICOM specifics (LUT order, refused images, decoders) live in :mod:`mammodetr.data.dicom`.
+No patient identifier ever goes into a message or into :attr:`LoadedImage.meta`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_MAX_PIXELS = 100_000_000
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+class ImageReadError(ValueError):
+    """An image could not be read; ``str(err)`` is ``"<path>: <reason>"``.
+
+    Attributes:
+        path: The file that failed, as given.
+        reason: What is wrong with it, in one line.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = str(path)
+        self.reason = " ".join(str(reason).split())  # always one line
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+@dataclass
+class LoadedImage:
+    """A decoded, normalised image.
+
+    Attributes:
+        pixels: ``float32 (H, W)`` in ``[0, 1]``, 1 = brightest (dense tissue) as a radiologist would see it.
+        laterality: ``"L"``/``"R"`` from DICOM ImageLaterality (else Laterality), or None.
+        view: DICOM ViewPosition such as ``"CC"``/``"MLO"``, or None.
+        meta: Format details (bit depth, photometric interpretation, transfer syntax, LUTs applied, ...).
+            Never holds patient identifiers.
+    """
+
+    pixels: np.ndarray
+    laterality: str | None = None
+    view: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def sniff_format(path: str | os.PathLike[str], head: bytes) -> str | None:
+    """Return the image format from the file's first bytes (at least 132), or None if unknown.
+
+    One of ``"dicom"``, ``"png"``, ``"jpeg"``, ``"tiff"``, ``"pgm"``.
+    """
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(_PNG_MAGIC):
+        return "png"
+    if head.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    if head[:4] in _TIFF_MAGICS:
+        return "tiff"
+    if head[:2] in (b"P5", b"P2") and len(head) > 2 and head[2:3].isspace():
+        return "pgm"
+    return None
+
+
+def read_image(
+    path: str | os.PathLike[str],
+    *,
+    frame: int | None = None,
+    allow_for_processing: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> LoadedImage:
+    """Read and normalise one image.
+
+    DICOM pixels go through modality LUT -> VOI LUT (sequence, else window centre/width, else min-max of the
+    image's values) -> MONOCHROME1 inversion. PNG/TIFF/PGM/JPEG are divided by their maximum code value
+    (``2**bits - 1``, PGM: maxval); colour files are converted to luminance.
+
+    Args:
+        path: Image file.
+        frame: Frame (DICOM) or page (TIFF) to take from a multi-frame file; multi-frame files are refused
+            without it. For single-frame files only ``None`` or ``0`` is accepted.
+        allow_for_processing: Accept DICOM "FOR PROCESSING" (raw detector) images.
+        max_pixels: Refuse images whose ``rows * columns * frames`` exceeds this, before decoding.
+
+    Returns:
+        LoadedImage with ``pixels`` float32 ``(H, W)`` in ``[0, 1]``.
+
+    Raises:
+        ImageReadError: Missing, empty, unknown, corrupt, refused or oversized file.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot access file ({exc.strerror or type(exc).__name__})") from None
+    if p.is_dir():
+        raise ImageReadError(path, "is a directory, not an image file")
+    if size == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    if frame is not None and (not isinstance(frame, (int, np.integer)) or frame < 0):
+        raise ImageReadError(path, f"frame must be a non-negative integer, got {frame!r}")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read file ({exc.strerror or type(exc).__name__})") from None
+
+    fmt = sniff_format(p, head)
+    if fmt is None:
+        if p.suffix.lower() in (".dcm", ".dicom"):
+            reason = "not a DICOM file: no 'DICM' marker at byte 128"
+        else:
+            reason = "unrecognised image format (expected DICOM, PNG, TIFF, PGM or JPEG)"
+        raise ImageReadError(path, reason)
+
+    try:
+        if fmt == "dicom":
+            from mammodetr.data.dicom import read_dicom
+
+            loaded = read_dicom(p, frame=frame, allow_for_processing=allow_for_processing, max_pixels=max_pixels)
+        elif fmt == "pgm":
+            loaded = _read_pgm(p, frame=frame, max_pixels=max_pixels)
+        elif fmt == "tiff":
+            loaded = _read_tiff(p, frame=frame, max_pixels=max_pixels)
+        else:
+            loaded = _read_pillow(p, fmt, frame=frame, max_pixels=max_pixels)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError(path, "out of memory while decoding") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure becomes one clear line
+        from mammodetr.data.dicom import scrub_identifiers
+
+        msg = scrub_identifiers(str(exc), p) if fmt == "dicom" else str(exc)
+        raise ImageReadError(path, f"cannot decode {fmt} ({type(exc).__name__}: {msg[:300]})") from None
+
+    loaded.pixels = _validated(path, loaded.pixels)
+    loaded.meta.setdefault("format", fmt)
+    return loaded
+
+
+def check_laterality(loaded: LoadedImage, pixels: np.ndarray | None = None) -> str | None:
+    """Compare the recorded laterality with the side of the image the breast lies on.
+
+    Convention (DICOM PS3.3 C.7.6.1.1.1: the first Patient Orientation value is the patient direction of
+    the image's +x axis): ``"A"`` means the nipple points to the image's right, so the chest wall is on the
+    image's left (:func:`~mammodetr.data.crop.breast_side` == ``"L"``); ``"P"`` puts the chest wall on the
+    right (``"R"``). Without Patient Orientation the standard display is assumed (L CC ``A\\R``, R CC
+    ``P\\L``, L MLO ``A\\F``, R MLO ``P\\F``): a left breast has its chest wall on the image's left, a right
+    breast on the image's right, so the expected side equals the laterality.
+
+    Args:
+        loaded: The image as read (``laterality`` and ``meta["patient_orientation"]`` are used).
+        pixels: Pixels to inspect, default ``loaded.pixels`` (``float (H, W)``).
+
+    Returns:
+        A one-line warning when tag and image disagree, else None (also None when nothing can be checked).
+    """
+    from mammodetr.data.crop import breast_side
+
+    orientation = loaded.meta.get("patient_orientation")
+    row_dir = orientation[0].upper() if orientation else ""
+    if row_dir.startswith("A"):
+        expected, why = "L", f"Patient Orientation row direction {row_dir!r}"
+    elif row_dir.startswith("P"):
+        expected, why = "R", f"Patient Orientation row direction {row_dir!r}"
+    elif loaded.laterality in ("L", "R"):
+        expected, why = loaded.laterality, f"laterality {loaded.laterality} under the standard display"
+    else:
+        return None
+    side = breast_side(loaded.pixels if pixels is None else pixels)
+    if side == expected:
+        return None
+    where = {"L": "left", "R": "right"}
+    return (
+        f"laterality check: {why} puts the chest wall on the image's {where[expected]}, but the breast lies "
+        f"against the {where[side]} edge (image flipped or tag wrong?)"
+    )
+
+
+def _validated(path: str | os.PathLike[str], pixels: np.ndarray) -> np.ndarray:
+    if pixels.ndim != 2 or min(pixels.shape) < 1:
+        raise ImageReadError(path, f"decoded image has shape {pixels.shape}, expected (H, W)")
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if not np.isfinite(pixels).all():
+        raise ImageReadError(path, "non-finite values after normalisation (corrupt LUT or window?)")
+    # Round-off of LUT arithmetic may step a hair outside [0, 1].
+    np.clip(pixels, 0.0, 1.0, out=pixels)
+    return pixels
+
+
+def _check_size(path: Path, rows: int, cols: int, frames: int, max_pixels: int) -> None:
+    if rows <= 0 or cols <= 0:
+        raise ImageReadError(path, f"invalid image size {rows}x{cols}")
+    if rows * cols * frames > max_pixels:
+        raise ImageReadError(
+            path, f"image too large: {rows}x{cols}x{frames} frames = {rows * cols * frames} pixels > max_pixels={max_pixels}"
+        )
+
+
+def _to_gray(arr: np.ndarray) -> np.ndarray:
+    """``(H, W, C)`` -> ``(H, W)`` luminance (ITU-R BT.601 weights, as Pillow's ``convert("L")``)."""
+    if arr.ndim == 3:
+        if arr.shape[2] >= 3:
+            return arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+        return arr[..., 0]
+    return arr
+
+
+def _read_pgm(path: Path, *, frame: int | None, max_pixels: int) -> LoadedImage:
+    if frame not in (None, 0):
+        raise ImageReadError(path, f"frame={frame} requested but PGM files hold a single image")
+    data = path.read_bytes()
+    magic = data[:2]
+    tokens: list[int] = []
+    pos = 2
+    # Header: magic, width, height, maxval as whitespace-separated ASCII, '#' comments to end of line.
+    while len(tokens) < 3:
+        while pos < len(data) and (data[pos : pos + 1].isspace() or data[pos : pos + 1] == b"#"):
+            if data[pos : pos + 1] == b"#":
+                end = data.find(b"\n", pos)
+                pos = len(data) if end < 0 else end + 1
+            else:
+                pos += 1
+        start = pos
+        while pos < len(data) and data[pos : pos + 1].isdigit():
+            pos += 1
+        if start == pos:
+            raise ImageReadError(path, "malformed PGM header (expected width, height, maxval)")
+        tokens.append(int(data[start:pos]))
+    width, height, maxval = tokens
+    if not 1 <= maxval <= 65535:
+        raise ImageReadError(path, f"PGM maxval {maxval} outside 1..65535")
+    _check_size(path, height, width, 1, max_pixels)
+    if pos >= len(data) or not data[pos : pos + 1].isspace():
+        raise ImageReadError(path, "malformed PGM header (no whitespace after maxval)")
+    pos += 1
+    n = width * height
+    if magic == b"P5":
+        dtype = np.dtype(">u2") if maxval > 255 else np.dtype("u1")
+        need = n * dtype.itemsize
+        if len(data) - pos < need:
+            raise ImageReadError(path, f"truncated PGM: {len(data) - pos} pixel bytes, expected {need}")
+        arr = np.frombuffer(data, dtype=dtype, count=n, offset=pos).reshape(height, width)
+    else:
+        values = data[pos:].split()
+        if len(values) < n:
+            raise ImageReadError(path, f"truncated PGM: {len(values)} pixel values, expected {n}")
+        try:
+            arr = np.array([int(v) for v in values[:n]], dtype=np.int64).reshape(height, width)
+        except ValueError:
+            raise ImageReadError(path, "non-numeric pixel value in ASCII PGM") from None
+    if int(arr.max()) > maxval:
+        raise ImageReadError(path, f"PGM pixel value {int(arr.max())} exceeds maxval {maxval}")
+    pixels = arr.astype(np.float32) / np.float32(maxval)
+    return LoadedImage(pixels, meta={"format": "pgm", "maxval": maxval, "bits": 16 if maxval > 255 else 8})
+
+
+def _read_pillow(path: Path, fmt: str, *, frame: int | None, max_pixels: int) -> LoadedImage:
+    from PIL import Image
+
+    if frame not in (None, 0):
+        raise ImageReadError(path, f"frame={frame} requested but {fmt.upper()} files hold a single image")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            width, height = img.size
+            _check_size(path, height, width, 1, max_pixels)
+            mode = img.mode
+            bits = 8
+            if fmt == "png":
+                with open(path, "rb") as fh:
+                    ihdr = fh.read(26)
+                bits, color_type = ihdr[24], ihdr[25]
+            img.load()
+            if mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img).astype(np.float32)
+                scale = float(2**bits - 1) if fmt == "png" else float(max(1.0, arr.max()))
+                if fmt != "png":
+                    bits = 16
+            elif mode == "L" and fmt == "png" and color_type == 0 and bits < 8:
+                arr = np.asarray(img).astype(np.float32)  # Pillow keeps 1/2/4-bit codes unscaled
+                scale = float(2**bits - 1)
+            elif mode == "F":
+                arr = np.asarray(img).astype(np.float32)
+                scale = 1.0
+            else:
+                if mode not in ("L",):
+                    img = img.convert("L")
+                arr = np.asarray(img).astype(np.float32)
+                scale, bits = 255.0, 8
+    pixels = arr / np.float32(scale)
+    return LoadedImage(pixels, meta={"format": fmt, "mode": mode, "bits": int(bits)})
+
+
+def _read_tiff(path: Path, *, frame: int | None, max_pixels: int) -> LoadedImage:
+    try:
+        import tifffile
+    except ImportError:  # Pillow reads the common 8/16-bit greyscale TIFFs too
+        return _read_pillow(path, "tiff", frame=frame, max_pixels=max_pixels)
+
+    with tifffile.TiffFile(path) as tif:
+        pages = tif.pages
+        n_pages = len(pages)
+        if n_pages == 0:
+            raise ImageReadError(path, "TIFF has no pages")
+        if n_pages > 1 and frame is None:
+            raise ImageReadError(path, f"multi-page TIFF ({n_pages} pages); pass frame=k to take one page")
+        index = 0 if frame is None else int(frame)
+        if index >= n_pages:
+            raise ImageReadError(path, f"frame={index} out of range (file has {n_pages} pages)")
+        page = pages[index]
+        shape = page.shape
+        if len(shape) < 2:
+            raise ImageReadError(path, f"TIFF page has shape {shape}")
+        _check_size(path, int(shape[0]), int(shape[1]), 1, max_pixels)
+        arr = page.asarray()
+        photometric = int(page.photometric)
+        bits = int(page.bitspersample)
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W) storage
+    meta: dict[str, Any] = {"format": "tiff", "bits": bits, "photometric": photometric}
+    if arr.dtype.kind in "ui":
+        scale = float(2**bits - 1) if arr.dtype.kind == "u" else float(max(1, np.abs(arr).max()))
+        pixels = _to_gray(arr.astype(np.float32)) / np.float32(scale)
+    elif arr.dtype.kind == "f":
+        pixels = _to_gray(arr.astype(np.float32))
+        lo, hi = float(np.nanmin(pixels)), float(np.nanmax(pixels))
+        if lo < 0.0 or hi > 1.0:
+            pixels = (pixels - lo) / np.float32(hi - lo) if hi > lo else np.zeros_like(pixels)
+            meta["normalised"] = "min-max (float values outside [0, 1])"
+    else:
+        raise ImageReadError(path, f"unsupported TIFF sample type {arr.dtype}")
+    if photometric == 0:  # MINISWHITE: 0 is white, like DICOM MONOCHROME1
+        pixels = 1.0 - pixels
+        meta["inverted"] = True
+    return LoadedImage(np.asarray(pixels, dtype=np.float32), meta=meta)

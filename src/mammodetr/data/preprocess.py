@@ -1,0 +1,224 @@
+"""One image from file to prepared pixels: read, crop to the breast, optionally flip to one side, cap the size.
+
+The same function serves ``mammodetr prepare`` (building a dataset) and ``mammodetr predict`` (raw inputs get the
+same preprocessing), so a model never sees images prepared two different ways. Every geometric step is recorded
+in an :class:`~mammodetr.data.geometry.ImageTransform` mapping ORIGINAL pixels to PREPARED pixels.
+
+Laterality normalisation: ``flip_to="L"`` makes every breast lie on the left of the image (chest wall on the
+left), ``"R"`` on the right. Which side a breast lies on is taken, with ``side_source="tag"`` (default), from the
+laterality (table or DICOM tag) under the standard display convention (a right breast is shown with its chest
+wall on the right of the image, a left breast on the left), or from the pixels (``breast_side``) when there is no
+laterality; ``side_source="image"`` always uses the pixels. When both are known and disagree, ``side_mismatch``
+is set so ``prepare`` can report it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from mammodetr.data.geometry import ImageTransform
+
+__all__ = ["PrepareOptions", "PreparedImage", "preprocess_image", "preprocess_pixels", "capped_size_hw"]
+
+_SIDES = ("L", "R")
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """How raw images are turned into prepared images.
+
+    Attributes:
+        crop: crop to the breast (``find_breast``); False keeps the whole image.
+        crop_margin: margin around the breast box, as a fraction of the image size.
+        flip_to: "L" | "R" | None — flip so every breast lies on this side of the image; None keeps the side.
+        side_source: "tag" (laterality if known, else the pixels) or "image" (always the pixels).
+        max_side: cap on the long side of the prepared image (downscaled, never upscaled); None keeps the size.
+        resize_filter: Pillow filter for the downscale ("lanczos", "bicubic", "bilinear", "box", ...).
+        allow_for_processing: accept DICOM "FOR PROCESSING" images (refused by default).
+        frame: frame to take from a multi-frame DICOM (refused when None).
+        max_pixels: refuse images with more decoded pixels than this.
+    """
+
+    crop: bool = True
+    crop_margin: float = 0.02
+    flip_to: Optional[str] = None
+    side_source: str = "tag"
+    max_side: Optional[int] = 2048
+    resize_filter: str = "lanczos"
+    allow_for_processing: bool = False
+    frame: Optional[int] = None
+    max_pixels: int = 100_000_000
+
+    def __post_init__(self) -> None:
+        flip = self.flip_to
+        if isinstance(flip, str):
+            flip = None if flip.lower() in ("", "none") else flip.upper()
+        object.__setattr__(self, "flip_to", flip)
+        if flip not in (None, "L", "R"):
+            raise ValueError(f"flip_to must be 'L', 'R' or None, got {self.flip_to!r}")
+        if self.side_source not in ("tag", "image"):
+            raise ValueError(f"side_source must be 'tag' or 'image', got {self.side_source!r}")
+        if self.max_side is not None and int(self.max_side) < 8:
+            raise ValueError(f"max_side must be at least 8, got {self.max_side}")
+        if not 0.0 <= float(self.crop_margin) < 0.5:
+            raise ValueError(f"crop_margin must be in [0, 0.5), got {self.crop_margin}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PrepareOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown prepare options: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@dataclass
+class PreparedImage:
+    """The result of :func:`preprocess_image`.
+
+    Attributes:
+        pixels: (H', W') float32 in [0, 1], the prepared image.
+        transform: original pixels -> prepared pixels.
+        laterality: "L" | "R" | None — the breast's laterality (given, else from the DICOM tag).
+        view: "CC" | "MLO" | ... | None.
+        crop_fallback: True when the breast crop fell back to the whole image.
+        crop_reason: ``find_breast``'s explanation (empty when cropping is off).
+        breast_side: side of the ORIGINAL image the breast lies on ("L"/"R"), when it was computed.
+        side_mismatch: laterality and pixels disagree about the side (only checked when flipping).
+        meta: reader metadata (bits, photometric, transfer syntax; never patient identifiers).
+    """
+
+    pixels: np.ndarray
+    transform: ImageTransform
+    laterality: Optional[str] = None
+    view: Optional[str] = None
+    crop_fallback: bool = False
+    crop_reason: str = ""
+    breast_side: Optional[str] = None
+    side_mismatch: bool = False
+    meta: dict = field(default_factory=dict)
+
+
+def capped_size_hw(size_hw: tuple[int, int], max_side: Optional[int]) -> tuple[int, int]:
+    """The size after scaling so the long side is at most ``max_side`` (aspect ratio kept, never upscaled)."""
+    h, w = size_hw
+    if max_side is None or max(h, w) <= max_side:
+        return (h, w)
+    scale = max_side / max(h, w)
+    return (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
+
+
+def _norm_side(value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    v = str(value).strip().upper()
+    if v in ("L", "LEFT"):
+        return "L"
+    if v in ("R", "RIGHT"):
+        return "R"
+    return None
+
+
+def preprocess_pixels(
+    pixels: np.ndarray,
+    options: PrepareOptions,
+    *,
+    laterality: Optional[str] = None,
+    view: Optional[str] = None,
+    meta: Optional[dict] = None,
+) -> PreparedImage:
+    """Crop, flip and cap already-read pixels (see :func:`preprocess_image`).
+
+    Args:
+        pixels: (H, W) float32 in [0, 1] as returned by ``read_image``.
+        options: the preparation options.
+        laterality: the breast's laterality if known ("L"/"R").
+        view: the view if known.
+        meta: reader metadata to pass through.
+    """
+    from mammodetr.data.crop import breast_side, find_breast
+
+    if pixels.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {pixels.shape}")
+    transform = ImageTransform(pixels.shape[:2])
+    crop_fallback, crop_reason = False, ""
+    if options.crop:
+        found = find_breast(pixels, margin=options.crop_margin)
+        crop_fallback, crop_reason = bool(found.fallback), str(found.reason)
+        x0, y0, x1, y1 = (int(v) for v in found.box_xyxy)
+        if (x0, y0, x1, y1) != (0, 0, pixels.shape[1], pixels.shape[0]):
+            transform = transform.crop(x0, y0, x1, y1)
+
+    laterality = _norm_side(laterality)
+    side_from_image: Optional[str] = None
+    side_mismatch = False
+    if options.flip_to is not None:
+        side_from_image = breast_side(pixels)
+        if laterality is not None and side_from_image is not None:
+            side_mismatch = laterality != side_from_image
+        side = laterality if (options.side_source == "tag" and laterality is not None) else side_from_image
+        if side in _SIDES and side != options.flip_to:
+            transform = transform.hflip()
+
+    out_hw = capped_size_hw(transform.output_size_hw, options.max_side)
+    if out_hw != transform.output_size_hw:
+        transform = transform.resize(out_hw, options.resize_filter)
+
+    prepared = transform.apply_image(pixels)
+    np.clip(prepared, 0.0, 1.0, out=prepared)
+    return PreparedImage(
+        pixels=prepared,
+        transform=transform,
+        laterality=laterality,
+        view=view,
+        crop_fallback=crop_fallback,
+        crop_reason=crop_reason,
+        breast_side=side_from_image,
+        side_mismatch=side_mismatch,
+        meta=dict(meta or {}),
+    )
+
+
+def preprocess_image(
+    path: str | Path,
+    options: PrepareOptions = PrepareOptions(),
+    *,
+    laterality: Optional[str] = None,
+    view: Optional[str] = None,
+) -> PreparedImage:
+    """Read an image file and prepare it: read -> breast crop -> optional side flip -> long side capped.
+
+    Args:
+        path: DICOM, PNG, TIFF, PGM or JPEG file.
+        options: the preparation options.
+        laterality: the breast's laterality from a table; overrides the DICOM tag when given.
+        view: the view from a table; overrides the DICOM tag when given.
+
+    Returns:
+        A :class:`PreparedImage` whose ``transform`` maps original pixels to prepared pixels.
+
+    Raises:
+        mammodetr.data.io.ImageReadError: the file cannot be read (message names the file and the problem).
+    """
+    from mammodetr.data.io import read_image
+
+    loaded = read_image(
+        path,
+        frame=options.frame,
+        allow_for_processing=options.allow_for_processing,
+        max_pixels=options.max_pixels,
+    )
+    return preprocess_pixels(
+        loaded.pixels,
+        options,
+        laterality=laterality if _norm_side(laterality) else loaded.laterality,
+        view=view or loaded.view,
+        meta=loaded.meta,
+    )

@@ -1,0 +1,118 @@
+"""Typed records that every converter produces and ``prepare`` consumes.
+
+A converter turns a dataset's own format into a list of :class:`ImageRecord` (one per image, boxes in ORIGINAL
+image pixels, xyxy, top-left origin) plus a list of :class:`Problem` (one per row/file it had to skip or fix).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+LABELS = ("normal", "benign", "malignant")
+_LABEL_RANK = {name: i for i, name in enumerate(LABELS)}
+SPLITS = ("train", "val", "test")
+
+
+def worst_label(labels) -> Optional[str]:
+    """The most severe of ``labels`` (malignant > benign > normal); None for an empty input."""
+    labels = [lab for lab in labels if lab is not None]
+    return max(labels, key=_LABEL_RANK.__getitem__) if labels else None
+
+
+def check_label(label: str) -> str:
+    if label not in _LABEL_RANK:
+        raise ValueError(f"label {label!r} is not one of {', '.join(LABELS)}")
+    return label
+
+
+def opaque_id(kind: str, raw: str, salt: str = "") -> str:
+    """A stable, non-reversible stand-in for an identifier (patient, study) safe for outputs and logs."""
+    digest = hashlib.sha256(f"{salt}\x00{kind}\x00{raw}".encode("utf-8")).hexdigest()
+    return f"{kind[0]}_{digest[:16]}"
+
+
+@dataclass
+class BoxRecord:
+    """One lesion box in original image pixels (xyxy, top-left origin, end-exclusive like a pixel span).
+
+    Attributes:
+        x1, y1, x2, y2: corners; may be NaN or outside the image — ``prepare`` checks and reports those.
+        pathology: "benign" | "malignant" | None (unknown).
+        lesion_type: free text from the source (e.g. "mass", "CALC"), or None.
+    """
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    pathology: Optional[str] = None
+    lesion_type: Optional[str] = None
+
+    def as_list(self) -> list[float]:
+        return [float(self.x1), float(self.y1), float(self.x2), float(self.y2)]
+
+
+@dataclass
+class ImageRecord:
+    """One image as a converter found it.
+
+    Attributes:
+        image_path: absolute path of the source image.
+        key: the source's own image identifier (a path relative to the input, a COCO id, an image uid); two
+            records with the same key are duplicates.
+        patient_id: the source's patient group id. It stays in memory: ``prepare`` writes only a salted hash
+            of it (:func:`opaque_id`) and problems name rows and files, never patients.
+        label: image label, "normal" | "benign" | "malignant".
+        laterality: "L" | "R" | None (from the table; the image tag is used when this is None).
+        view: "CC" | "MLO" | ... | None.
+        study_id: opaque exam identifier or None.
+        boxes: lesion boxes in original pixels.
+        official_split: "train" | "val" | "test" when the dataset defines one, else None.
+        extra: source-specific fields kept in annotations.json (never patient identifiers).
+    """
+
+    image_path: Path
+    key: str
+    patient_id: str
+    label: str
+    laterality: Optional[str] = None
+    view: Optional[str] = None
+    study_id: Optional[str] = None
+    boxes: list[BoxRecord] = field(default_factory=list)
+    official_split: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.image_path = Path(self.image_path)
+        check_label(self.label)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A problem found in the input: ``where`` names the file (and row), ``what`` says what is wrong.
+
+    ``action`` is what happened: "skipped image", "skipped box", "clipped box", "used first", "note".
+    """
+
+    where: str
+    what: str
+    action: str = "skipped image"
+
+    def line(self) -> str:
+        return f"{self.where}: {self.what} ({self.action})"
+
+    def to_dict(self) -> dict:
+        return {"file": self.where, "problem": self.what, "action": self.action}
+
+
+@dataclass
+class Conversion:
+    """What a converter returns: the usable images and every problem met on the way."""
+
+    records: list[ImageRecord]
+    problems: list[Problem] = field(default_factory=list)
+    source: str = ""
+    input_root: Optional[Path] = None

@@ -1,0 +1,24 @@
+"""Model components of the multi-task DETR, one concept per file."""
+
+from mammodetr.models.backbone import Backbone, build_backbone
+from mammodetr.models.config import LossConfig, ModelConfig
+from mammodetr.models.criterion import SetCriterion, build_criterion
+from mammodetr.models.deformable_attention import MultiScaleDeformableAttention, multi_scale_deformable_attention
+from mammodetr.models.detr import MultiTaskDETR, build_model
+from mammodetr.models.matcher import HungarianMatcher
+from mammodetr.models.postprocess import postprocess
+
+__all__ = [
+    "Backbone",
+    "HungarianMatcher",
+    "LossConfig",
+    "ModelConfig",
+    "MultiScaleDeformableAttention",
+    "MultiTaskDETR",
+    "SetCriterion",
+    "build_backbone",
+    "build_criterion",
+    "build_model",
+    "multi_scale_deformable_attention",
+    "postprocess",
+]
