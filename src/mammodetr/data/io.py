@@ -287,16 +287,13 @@ def _read_pillow(path: Path, fmt: str, *, frame: int | None, max_pixels: int) ->
             if fmt == "png":
                 with open(path, "rb") as fh:
                     ihdr = fh.read(26)
-                bits, color_type = ihdr[24], ihdr[25]
+                bits = ihdr[24]  # Pillow already scales 1/2/4-bit grey to 0..255
             img.load()
             if mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(img).astype(np.float32)
                 scale = float(2**bits - 1) if fmt == "png" else float(max(1.0, arr.max()))
                 if fmt != "png":
                     bits = 16
-            elif mode == "L" and fmt == "png" and color_type == 0 and bits < 8:
-                arr = np.asarray(img).astype(np.float32)  # Pillow keeps 1/2/4-bit codes unscaled
-                scale = float(2**bits - 1)
             elif mode == "F":
                 arr = np.asarray(img).astype(np.float32)
                 scale = 1.0

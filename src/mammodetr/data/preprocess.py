@@ -6,8 +6,9 @@ in an :class:`~mammodetr.data.geometry.ImageTransform` mapping ORIGINAL pixels t
 
 Laterality normalisation: ``flip_to="L"`` makes every breast lie on the left of the image (chest wall on the
 left), ``"R"`` on the right. Which side a breast lies on is taken, with ``side_source="tag"`` (default), from the
-laterality (table or DICOM tag) under the standard display convention (a right breast is shown with its chest
-wall on the right of the image, a left breast on the left), or from the pixels (``breast_side``) when there is no
+DICOM Patient Orientation when present, else the laterality (table or DICOM tag) under the standard display
+convention (a right breast is shown with its chest wall on the right of the image, a left breast on the left),
+or from the pixels (``breast_side``) when there is no
 laterality; ``side_source="image"`` always uses the pixels. When both are known and disagree, ``side_mismatch``
 is set so ``prepare`` can report it.
 """
@@ -126,6 +127,22 @@ def _norm_side(value: Optional[str]) -> Optional[str]:
     return None
 
 
+def _side_from_tags(laterality: Optional[str], meta: dict) -> Optional[str]:
+    """Image side of the chest wall implied by the tags (same convention as ``io.check_laterality``).
+
+    DICOM Patient Orientation's row direction "A" means the nipple points to the image's right, so the chest
+    wall (and the breast) is on the image's left; "P" the opposite. Without it the standard display is assumed:
+    a left breast lies on the image's left, a right breast on the right.
+    """
+    orientation = meta.get("patient_orientation")
+    row_dir = str(orientation[0]).upper() if orientation else ""
+    if row_dir.startswith("A"):
+        return "L"
+    if row_dir.startswith("P"):
+        return "R"
+    return laterality
+
+
 def preprocess_pixels(
     pixels: np.ndarray,
     options: PrepareOptions,
@@ -149,21 +166,23 @@ def preprocess_pixels(
         raise ValueError(f"expected a 2-D image, got shape {pixels.shape}")
     transform = ImageTransform(pixels.shape[:2])
     crop_fallback, crop_reason = False, ""
+    side_from_image: Optional[str] = None
     if options.crop:
         found = find_breast(pixels, margin=options.crop_margin)
         crop_fallback, crop_reason = bool(found.fallback), str(found.reason)
+        side_from_image = getattr(found, "side", None)
         x0, y0, x1, y1 = (int(v) for v in found.box_xyxy)
         if (x0, y0, x1, y1) != (0, 0, pixels.shape[1], pixels.shape[0]):
             transform = transform.crop(x0, y0, x1, y1)
 
     laterality = _norm_side(laterality)
-    side_from_image: Optional[str] = None
     side_mismatch = False
     if options.flip_to is not None:
-        side_from_image = breast_side(pixels)
-        if laterality is not None and side_from_image is not None:
-            side_mismatch = laterality != side_from_image
-        side = laterality if (options.side_source == "tag" and laterality is not None) else side_from_image
+        if side_from_image is None:
+            side_from_image = breast_side(pixels)
+        tag_side = _side_from_tags(laterality, meta or {})
+        side_mismatch = tag_side is not None and side_from_image is not None and tag_side != side_from_image
+        side = tag_side if (options.side_source == "tag" and tag_side is not None) else side_from_image
         if side in _SIDES and side != options.flip_to:
             transform = transform.hflip()
 

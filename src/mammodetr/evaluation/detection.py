@@ -133,6 +133,10 @@ class DetectionMatch:
         best_iou_sum: (N,) sum over the image's ground-truth boxes of their best IoU with any prediction.
         top1_iou: (N,) IoU of the top prediction with its best ground-truth box (0 without predictions; NaN for
             images without ground truth).
+        gt_valid: (N, G) real ground-truth boxes (padding False).
+        gt_hit: {iou_threshold: (N, G) bool} which ground-truth boxes were matched.
+        gt_best_iou: (N, G) best IoU of each ground-truth box with any kept prediction.
+        gt_boxes: (N, G, 4) padded ground-truth boxes (x1 y1 x2 y2).
     """
 
     scores: np.ndarray
@@ -142,6 +146,10 @@ class DetectionMatch:
     gt_matched: dict[float, np.ndarray]
     best_iou_sum: np.ndarray
     top1_iou: np.ndarray
+    gt_valid: np.ndarray
+    gt_hit: dict[float, np.ndarray]
+    gt_best_iou: np.ndarray
+    gt_boxes: np.ndarray
 
 
 def match_detections(
@@ -176,16 +184,19 @@ def match_detections(
         pred, scores, det_valid = pred[:, :max_dets], scores[:, :max_dets], det_valid[:, :max_dets]
     ious = box_iou_batched(pred, gt)
     ious = np.where(det_valid[:, :, None] & gt_valid[:, None, :], ious, 0.0)
-    det_matched, gt_matched = {}, {}
+    det_matched, gt_matched, gt_hit = {}, {}, {}
     for t in iou_thresholds:
         dm, gm = _greedy_match(ious, det_valid, gt_valid, float(t))
         det_matched[float(t)] = dm
+        gt_hit[float(t)] = gm
         gt_matched[float(t)] = gm.sum(axis=1)
     n_gt = gt_valid.sum(axis=1)
-    best_iou_sum = (ious.max(axis=1, initial=0.0) * gt_valid).sum(axis=1) if gt.shape[1] else np.zeros(len(n_gt))
+    gt_best = ious.max(axis=1, initial=0.0) * gt_valid  # (N, G)
+    best_iou_sum = gt_best.sum(axis=1)
     top1 = ious[:, 0, :].max(axis=1, initial=0.0) if pred.shape[1] and gt.shape[1] else np.zeros(len(n_gt))
     top1 = np.where(n_gt > 0, top1, np.nan)
-    return DetectionMatch(scores, det_valid, det_matched, n_gt, gt_matched, best_iou_sum, top1)
+    return DetectionMatch(scores, det_valid, det_matched, n_gt, gt_matched, best_iou_sum, top1,
+                          gt_valid, gt_hit, gt_best, gt)
 
 
 def average_precision(scores: np.ndarray, matched: np.ndarray, n_gt: float) -> float:
@@ -238,7 +249,7 @@ def detection_metrics(
     return {k: float(v[0]) for k, v in out.items()}
 
 
-def detection_metrics_weighted(match: DetectionMatch, weights: np.ndarray, chunk: int = 256) -> dict[str, np.ndarray]:
+def detection_metrics_weighted(match: DetectionMatch, weights: np.ndarray, chunk: int = 512) -> dict[str, np.ndarray]:
     """Localisation metrics for B image weightings at once (weight w = image drawn w times).
 
     An image drawn w times contributes w identical detections with equal score; the TP/FP counts simply scale,
@@ -247,7 +258,7 @@ def detection_metrics_weighted(match: DetectionMatch, weights: np.ndarray, chunk
     Args:
         match: result of :func:`match_detections`.
         weights: (B, N) non-negative image weights.
-        chunk: resamples processed together (bounds memory at chunk x detections floats).
+        chunk: resamples processed together (bounds memory).
 
     Returns:
         dict of (B,) arrays: ``map50, map25, recall25, iou, iou_top1`` (NaN where undefined).
@@ -256,7 +267,6 @@ def detection_metrics_weighted(match: DetectionMatch, weights: np.ndarray, chunk
     n_img = match.n_gt.size
     if w.shape[1] != n_img:
         raise ValueError(f"weights cover {w.shape[1]} images, match has {n_img}")
-    b = w.shape[0]
     flat_valid = match.det_valid.reshape(-1)
     det_img = np.repeat(np.arange(n_img), match.det_valid.shape[1])[flat_valid]
     det_scores = match.scores.reshape(-1)[flat_valid]
@@ -264,16 +274,10 @@ def detection_metrics_weighted(match: DetectionMatch, weights: np.ndarray, chunk
     det_img = det_img[order]
     n_gt_w = w @ match.n_gt.astype(np.float64)
     out: dict[str, np.ndarray] = {}
-    names = {0.5: "map50", 0.25: "map25"}
-    for t, name in names.items():
-        if t not in match.det_matched:
-            continue
-        tp_flag = match.det_matched[t].reshape(-1)[flat_valid][order]
-        ap = np.full(b, np.nan)
-        for s in range(0, b, chunk):
-            ws = w[s:s + chunk][:, det_img]  # (b_chunk, D)
-            ap[s:s + chunk] = _weighted_ap(ws * tp_flag, ws * ~tp_flag, n_gt_w[s:s + chunk])
-        out[name] = ap
+    for t, name in ((0.5, "map50"), (0.25, "map25")):
+        if t in match.det_matched:
+            tp_flag = match.det_matched[t].reshape(-1)[flat_valid][order]
+            out[name] = _weighted_ap(w, det_img, tp_flag, n_gt_w, chunk)
     with np.errstate(invalid="ignore", divide="ignore"):
         if 0.25 in match.gt_matched:
             out["recall25"] = np.where(n_gt_w > 0, (w @ match.gt_matched[0.25]) / n_gt_w, np.nan)
@@ -284,26 +288,45 @@ def detection_metrics_weighted(match: DetectionMatch, weights: np.ndarray, chunk
     return out
 
 
-def _weighted_ap(tp_w: np.ndarray, fp_w: np.ndarray, n_gt: np.ndarray) -> np.ndarray:
-    """Row-wise COCO AP from weighted TP/FP indicators in global score order. tp_w, fp_w: (B, D); n_gt: (B,)."""
-    bsz, d = tp_w.shape
+def _weighted_ap(w: np.ndarray, det_img: np.ndarray, tp_flag: np.ndarray, n_gt: np.ndarray,
+                 chunk: int) -> np.ndarray:
+    """Row-wise COCO AP for image weights ``w (B, N)``; detections in global score order.
+
+    Only true-positive positions matter: recall rises only there, and precision's right-to-left maximum is
+    always reached at a true positive (each false positive lowers it). So the cumulative count of all
+    detections is needed only at the TP positions; it is a cumulative sum over the segments between them,
+    and a segment's weight is a sparse (segments x images) count matrix times the weights, which avoids any
+    (B x all detections) array.
+
+    Args:
+        w: (B, N) image weights.
+        det_img: (D,) image index of each detection, detections sorted by score (stable, as COCO).
+        tp_flag: (D,) true-positive flags in the same order.
+        n_gt: (B,) weighted ground-truth count.
+    """
+    from scipy.sparse import csr_matrix
+
+    bsz, n_img = w.shape
     ap = np.full(bsz, np.nan)
-    if d == 0:
+    tp_pos = np.nonzero(tp_flag)[0]
+    if tp_pos.size == 0:
         return np.where(n_gt > 0, 0.0, np.nan)
-    tp_sum = np.cumsum(tp_w, axis=1)
-    fp_sum = np.cumsum(fp_w, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rc = tp_sum / n_gt[:, None]
-    pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
-    # Entries with weight 0 (image not drawn) must not count as detections: carry precision forward from the
-    # last drawn detection so they change neither the envelope nor the recall look-up.
-    present = (tp_w + fp_w) > 0
-    pr = np.where(present, pr, 0.0)
-    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-    for i in range(bsz):
-        if not n_gt[i] > 0:
-            continue
-        r = rc[i]
-        idx = np.searchsorted(r, COCO_RECALL_THRESHOLDS, side="left")
-        ap[i] = np.where(idx < d, pr[i, np.minimum(idx, d - 1)], 0.0).mean()
+    seg = np.searchsorted(tp_pos, np.arange(det_img.size), side="left")  # detection -> TP it precedes (or is)
+    keep = seg < tp_pos.size  # detections after the last TP change neither recall nor the envelope
+    counts = csr_matrix((np.ones(int(keep.sum())), (seg[keep], det_img[keep])), shape=(tp_pos.size, n_img))
+    tp_img = det_img[tp_pos]
+    for s in range(0, bsz, chunk):
+        ws = w[s:s + chunk]
+        all_cum = np.cumsum(np.asarray(counts @ ws.T).T, axis=1)  # (b, T) detections up to each TP
+        tp_w = ws[:, tp_img]
+        tp_cum = np.cumsum(tp_w, axis=1)
+        pr = tp_cum / (all_cum + np.spacing(1))
+        pr[tp_w == 0] = 0.0  # a TP of an image not drawn is not a detection of this resample
+        pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+        ng = n_gt[s:s + chunk]
+        for i in range(ws.shape[0]):
+            if not ng[i] > 0:
+                continue
+            idx = np.searchsorted(tp_cum[i] / ng[i], COCO_RECALL_THRESHOLDS, side="left")
+            ap[s + i] = np.where(idx < tp_pos.size, pr[i, np.minimum(idx, tp_pos.size - 1)], 0.0).mean()
     return ap

@@ -60,7 +60,7 @@ def _prepare(
 
 def _decay(log_decay: Tensor) -> Tensor:
     """``exp(log_decay)`` for ``log_decay <= 0``, with negligible values flushed to exact zero."""
-    return torch.exp(log_decay).masked_fill_(log_decay < _DECAY_CUTOFF[log_decay.dtype], 0.0)
+    return torch.exp(log_decay).masked_fill(log_decay < _DECAY_CUTOFF[log_decay.dtype], 0.0)
 
 
 def selective_scan_loop(
@@ -156,12 +156,12 @@ def selective_scan_chunked(
             starts.append(torch.addcmul(h[c], chunk_decay[c], starts[-1]))
         h = torch.stack(starts, dim=0)
 
-        # Pass 2: rerun every chunk from its true start state and read out y.
-        ys = []
+        # Pass 2: rerun every chunk from its true start state; read y out in one batched product.
+        states = []
         for t in range(T):
             h = torch.addcmul(b_in[t], a[t], h)
-            ys.append((h * C_s[t]).sum(-1))
-        y = torch.stack(ys, dim=0)  # (T, nc, b, d)
+            states.append(h)
+        y = (torch.stack(states, dim=0) * C_s).sum(-1)  # (T, nc, b, d)
         y = y.permute(2, 3, 1, 0).reshape(batch, channels, n_chunks * T)[..., :length]
         return y if D is None else y + D[:, None] * u_in
 

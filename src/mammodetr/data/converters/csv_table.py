@@ -96,7 +96,9 @@ def convert(input_path: Path, **_options) -> Conversion:
 
     records: list[ImageRecord] = []
     for rel, g in groups.items():
-        where = f"{path.name} rows {g['rows'][0]}" + (f"-{g['rows'][-1]}" if len(g["rows"]) > 1 else "")
+        rows = g["rows"]
+        where = f"{path.name} row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows[:5]))}" + (
+            ", ..." if len(rows) > 5 else "")
         if len(g["patients"]) > 1:
             problems.append(Problem(f"{where} ({rel})", "rows of one image give different patient_id values"))
             continue

@@ -1,0 +1,453 @@
+"""DICOM mammograms: header checks, decoding and the display pipeline to ``[0, 1]``.
+
+Order of operations (DICOM PS3.3 C.11 / PS3.4 N.2): stored values -> Modality LUT (Modality LUT Sequence or
+Rescale Slope/Intercept) -> VOI LUT (VOI LUT Sequence if present, else Window Center/Width with
+VOI LUT Function LINEAR, LINEAR_EXACT or SIGMOID, else min-max of the image's values) -> MONOCHROME1
+inversion. The inversion must come after the VOI step: a window is defined on the stored (inverted) values.
+
+Header checks run before any pixel is decoded: pydicom reads a truncated file "successfully" and simply
+hands back fewer pixel bytes, so lengths are checked against Rows x Columns x frames for uncompressed
+transfer syntaxes. Patient identifiers never reach a message: error texts from pydicom are scrubbed of the
+file's PatientName/PatientID values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from mammodetr.data.io import ImageReadError, LoadedImage
+
+REQUIRED_TAGS = (
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "SamplesPerPixel",
+    "PixelData",
+)
+# SOP class "Digital Mammography X-Ray Image Storage - For Processing" and its DX/intra-oral siblings.
+_FOR_PROCESSING_SOP = {"1.2.840.10008.5.1.4.1.1.1.2.1", "1.2.840.10008.5.1.4.1.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.3.1"}
+# Identifier tags (group 0010): PatientName, PatientID, OtherPatientIDs, OtherPatientNames.
+_ID_TAGS = (b"\x10\x00\x10\x00", b"\x10\x00\x20\x00", b"\x10\x00\x00\x10", b"\x10\x00\x01\x10")
+_ID_KEYWORDS = ("PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames")
+_REDACTED = "<redacted>"
+
+
+def _install_hint(uid: Any) -> str:
+    name = str(getattr(uid, "name", uid))
+    low = name.lower()
+    if "2000" in low or "htj2k" in low or "high-throughput" in low:
+        return "pip install mammodetr[dicom] (pylibjpeg + pylibjpeg-openjpeg)"
+    if "jpeg" in low:
+        return "pip install mammodetr[dicom-extra] (pylibjpeg-libjpeg)"
+    if "rle" in low:
+        return "pip install pylibjpeg-rle (or use pydicom's built-in RLE decoder)"
+    return "no decoder known to mammodetr"
+
+
+def identifier_strings(raw: bytes, ds: Any = None) -> list[str]:
+    """Patient identifier strings found in a DICOM file, for scrubbing messages.
+
+    Scans the raw bytes (so it works even when pydicom cannot parse the file) for the 0010 group identifier
+    tags in explicit and implicit VR little endian, plus the values pydicom parsed, if any. Name components
+    (``Family^Given``) are returned separately as well.
+    """
+    found: set[str] = set()
+    head = raw[: 1 << 20]
+    pixel_tag = head.find(b"\xe0\x7f\x10\x00")  # identifiers precede the pixel data in a valid file
+    if pixel_tag > 0:
+        head = head[:pixel_tag]
+    for tag in _ID_TAGS:
+        start = 0
+        while True:
+            i = head.find(tag, start)
+            if i < 0:
+                break
+            start = i + 1
+            vr = head[i + 4 : i + 6]
+            if vr in (b"PN", b"LO", b"SH", b"CS", b"UN"):
+                length = int.from_bytes(head[i + 6 : i + 8], "little")
+                value = head[i + 8 : i + 8 + length]
+            else:
+                length = int.from_bytes(head[i + 4 : i + 8], "little")
+                value = head[i + 8 : i + 8 + min(length, 256)]
+            if 0 < len(value) <= 256:
+                found.add(value.decode("latin-1"))
+    if ds is not None:
+        for kw in _ID_KEYWORDS:
+            try:
+                v = ds.get(kw)
+            except Exception:  # noqa: BLE001 - a corrupt element must not stop scrubbing
+                continue
+            if v is None:
+                continue
+            values = v if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else [v]
+            found.update(str(x) for x in values)
+    parts: set[str] = set()
+    for s in found:
+        s = s.strip(" \x00")
+        if len(s) >= 3:
+            parts.add(s)
+        parts.update(c.strip(" \x00") for c in re.split(r"[\^=\\]", s) if len(c.strip(" \x00")) >= 3)
+    return sorted(parts, key=len, reverse=True)
+
+
+def scrub_identifiers(text: str, path_or_raw: Path | bytes, ds: Any = None) -> str:
+    """Replace every patient identifier of the file in ``text`` with ``<redacted>``."""
+    if isinstance(path_or_raw, (bytes, bytearray)):
+        raw = bytes(path_or_raw)
+    else:
+        try:
+            with open(path_or_raw, "rb") as fh:
+                raw = fh.read(1 << 20)
+        except OSError:
+            raw = b""
+    for s in identifier_strings(raw, ds):
+        text = re.sub(re.escape(s), _REDACTED, text, flags=re.IGNORECASE)
+    return text
+
+
+def _first(value: Any) -> Any:
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return value[0] if len(value) else None
+    return value
+
+
+def _number(ds: Any, keyword: str, default: float | None = None) -> float | None:
+    v = ds.get(keyword)
+    v = _first(v) if v is not None else None
+    if v is None or v == "":
+        return default
+    return float(v)
+
+
+def _lut(item: Any, ds: Any, signed_input: bool) -> tuple[int, np.ndarray, int]:
+    """``(first_mapped_value, lut_data int64, bits)`` of a Modality/VOI LUT sequence item."""
+    desc = [int(x) for x in item.LUTDescriptor]
+    if len(desc) != 3:
+        raise ValueError(f"LUTDescriptor has {len(desc)} values, expected 3")
+    n, first, bits = desc
+    n = 65536 if n == 0 else n
+    if signed_input and first >= 32768:  # US-encoded descriptor of a signed input range
+        first -= 65536
+    data = item.LUTData
+    if isinstance(data, (bytes, bytearray)):
+        encoding = getattr(ds, "original_encoding", None) or (None, True)
+        dtype = ">u2" if encoding[1] is False else "<u2"
+        lut = np.frombuffer(bytes(data)[: 2 * (len(data) // 2)], dtype=dtype).astype(np.int64)
+    else:
+        lut = np.asarray([int(x) for x in (data if hasattr(data, "__len__") else [data])], dtype=np.int64)
+    if lut.size < n:
+        raise ValueError(f"LUTData has {lut.size} entries, LUTDescriptor says {n}")
+    return first, lut[:n], bits
+
+
+def apply_modality_lut(stored: np.ndarray, ds: Any) -> tuple[np.ndarray, str]:
+    """Stored values -> modality output values.
+
+    Args:
+        stored: ``(H, W)`` integer stored values.
+        ds: The pydicom dataset.
+
+    Returns:
+        ``(values float32 (H, W), description)``.
+    """
+    seq = ds.get("ModalityLUTSequence")
+    if seq:
+        first, lut, _ = _lut(seq[0], ds, signed_input=int(ds.PixelRepresentation) == 1)
+        idx = np.clip(stored.astype(np.int64) - first, 0, lut.size - 1)
+        return lut[idx].astype(np.float32), "modality LUT sequence"
+    slope = _number(ds, "RescaleSlope", 1.0)
+    intercept = _number(ds, "RescaleIntercept", 0.0)
+    values = stored.astype(np.float32)
+    if slope != 1.0 or intercept != 0.0:
+        values = values * np.float32(slope) + np.float32(intercept)
+        return values, f"rescale slope={slope:g} intercept={intercept:g}"
+    return values, "identity"
+
+
+def window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """Window centre/width to ``[0, 1]`` (DICOM PS3.3 C.11.2.1.2 with y_min=0, y_max=1).
+
+    LINEAR: ``((x - (c - 0.5)) / (w - 1) + 0.5)`` clipped, width >= 1; LINEAR_EXACT: ``((x - c) / w + 0.5)``
+    clipped, width > 0; SIGMOID: ``1 / (1 + exp(-4 (x - c) / w))``, width > 0.
+
+    Args:
+        values: ``(H, W)`` modality output values.
+
+    Returns:
+        ``float32 (H, W)`` in ``[0, 1]``.
+    """
+    function = function.upper()
+    x = values.astype(np.float32, copy=False)
+    if function == "LINEAR":
+        if width < 1:
+            raise ValueError(f"window width {width} < 1 for LINEAR")
+        if width == 1:  # degenerate window: a threshold at c - 0.5
+            return (x > center - 0.5).astype(np.float32)
+        out = (x - np.float32(center - 0.5)) / np.float32(width - 1) + np.float32(0.5)
+    elif function == "LINEAR_EXACT":
+        if width <= 0:
+            raise ValueError(f"window width {width} <= 0 for LINEAR_EXACT")
+        out = (x - np.float32(center)) / np.float32(width) + np.float32(0.5)
+    elif function == "SIGMOID":
+        if width <= 0:
+            raise ValueError(f"window width {width} <= 0 for SIGMOID")
+        with np.errstate(over="ignore"):
+            return (1.0 / (1.0 + np.exp(np.float32(-4.0 / width) * (x - np.float32(center))))).astype(np.float32)
+    else:
+        raise ValueError(f"unknown VOI LUT Function {function!r}")
+    np.clip(out, 0.0, 1.0, out=out)
+    return out.astype(np.float32, copy=False)
+
+
+def minmax(values: np.ndarray) -> np.ndarray:
+    """Min-max scaling of the image's own values to ``[0, 1]`` (a constant image gives zeros)."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.float32)
+    return ((values.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)).astype(np.float32, copy=False)
+
+
+def apply_voi(values: np.ndarray, ds: Any) -> tuple[np.ndarray, str]:
+    """Modality output values -> ``[0, 1]`` by the VOI LUT Sequence, else the first window, else min-max.
+
+    Args:
+        values: ``(H, W)`` modality output values.
+        ds: The pydicom dataset.
+
+    Returns:
+        ``(float32 (H, W) in [0, 1], description)``.
+    """
+    seq = ds.get("VOILUTSequence")
+    if seq:
+        signed = int(ds.PixelRepresentation) == 1 or float(values.min()) < 0
+        first, lut, bits = _lut(seq[0], ds, signed_input=signed)
+        idx = np.clip(np.floor(values).astype(np.int64) - first, 0, lut.size - 1)
+        top = max(float(2**bits - 1), float(lut.max()))  # some LUTs understate their bit depth
+        out = lut[idx].astype(np.float32) / np.float32(top)
+        return out, f"VOI LUT sequence ({lut.size} entries, {bits} bits)"
+    center = _number(ds, "WindowCenter")
+    width = _number(ds, "WindowWidth")
+    if center is not None and width is not None:
+        function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+        try:
+            out = window(values, center, width, function)
+            return out, f"window {function} center={center:g} width={width:g}"
+        except ValueError as exc:
+            return minmax(values), f"min-max (window ignored: {exc})"
+    return minmax(values), "min-max"
+
+
+def _expected_native_bytes(rows: int, cols: int, frames: int, samples: int, bits_allocated: int) -> int:
+    n = rows * cols * frames * samples
+    return (n * bits_allocated + 7) // 8
+
+
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[list[warnings.WarningMessage]]:
+    """Silence pydicom's value validation while reading.
+
+    pydicom's validation warnings quote element values (a malformed PatientName would be printed) and are
+    also sent to the ``pydicom`` logger; values are checked here, where needed, instead.
+    """
+    from pydicom import config
+
+    old = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.IGNORE
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield caught
+    finally:
+        config.settings.reading_validation_mode = old
+
+
+def read_dicom(
+    path: Path, *, frame: int | None = None, allow_for_processing: bool = False, max_pixels: int = 100_000_000
+) -> LoadedImage:
+    """Read a DICOM file; see :func:`mammodetr.data.io.read_image` for the contract."""
+    with _quiet_pydicom() as caught:
+        loaded = _read_dicom(path, frame, allow_for_processing, max_pixels)
+    if caught:
+        raw = Path(path).read_bytes()[: 1 << 20]
+        loaded.meta["warnings"] = [scrub_identifiers(str(w.message), raw)[:200] for w in caught[:5]]
+    return loaded
+
+
+def _read_dicom(path: Path, frame: int | None, allow_for_processing: bool, max_pixels: int) -> LoadedImage:
+    import pydicom
+    from pydicom.pixels import pixel_array
+
+    raw = Path(path).read_bytes()
+    ds = None
+
+    def fail(reason: str) -> ImageReadError:
+        return ImageReadError(path, scrub_identifiers(reason, raw, ds))
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(raw))
+    except pydicom.errors.InvalidDicomError as exc:
+        raise fail(f"not a DICOM file ({exc})") from None
+    except Exception as exc:  # noqa: BLE001
+        raise fail(f"cannot parse DICOM header ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+    try:
+        present = {kw: (kw in ds and ds[kw].value not in (None, b"", "")) for kw in REQUIRED_TAGS}
+    except Exception as exc:  # noqa: BLE001 - a corrupt element raises on access
+        raise fail(f"corrupt header element ({type(exc).__name__}: {str(exc)[:200]})") from None
+    missing = [kw for kw, ok in present.items() if not ok]
+    if missing:
+        truncated = " (file truncated?)" if "PixelData" in missing else ""
+        raise fail(f"missing required DICOM tag(s): {', '.join(missing)}{truncated}")
+
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits_allocated, bits_stored = int(ds.BitsAllocated), int(ds.BitsStored)
+        pixel_rep, samples = int(ds.PixelRepresentation), int(ds.SamplesPerPixel)
+        photometric = str(ds.PhotometricInterpretation).strip().upper()
+        frames = int(_first(ds.get("NumberOfFrames")) or 1)
+        intent = str(ds.get("PresentationIntentType") or "").strip().upper()
+        sop_class = str(ds.get("SOPClassUID") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", "") or "")
+        ts = ds.file_meta.TransferSyntaxUID
+    except Exception as exc:  # noqa: BLE001 - e.g. a non-numeric IS/DS value
+        raise fail(f"invalid header value ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+    if bits_allocated not in (8, 16, 32):
+        raise fail(f"unsupported BitsAllocated={bits_allocated} (expected 8, 16 or 32)")
+    if not 1 <= bits_stored <= bits_allocated:
+        raise fail(f"BitsStored={bits_stored} is inconsistent with BitsAllocated={bits_allocated}")
+    if pixel_rep not in (0, 1):
+        raise fail(f"invalid PixelRepresentation={pixel_rep}")
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise fail(f"not a greyscale image (SamplesPerPixel={samples}, PhotometricInterpretation={photometric})")
+    if frames < 1:
+        raise fail(f"invalid NumberOfFrames={frames}")
+    if intent == "FOR PROCESSING" or sop_class in _FOR_PROCESSING_SOP:
+        if not allow_for_processing:
+            raise fail(
+                "FOR PROCESSING image (raw detector data, not meant for display or reading); "
+                "pass allow_for_processing=True (prepare: --allow-for-processing) to use it anyway"
+            )
+        intent = "FOR PROCESSING"
+    if rows * cols * frames > max_pixels:
+        raise fail(f"image too large: {rows}x{cols}x{frames} frames = {rows * cols * frames} pixels > max_pixels={max_pixels}")
+    if rows <= 0 or cols <= 0:
+        raise fail(f"invalid image size Rows={rows} Columns={cols}")
+    if frames > 1 and frame is None:
+        raise fail(f"multi-frame image ({frames} frames); pass frame=k to take one frame")
+    if frame is not None and frame >= frames:
+        raise fail(f"frame={frame} out of range (file has {frames} frame{'s' if frames > 1 else ''})")
+
+    if ts.is_compressed:
+        from pydicom.pixels import get_decoder
+
+        try:
+            decoder = get_decoder(ts)
+        except NotImplementedError:
+            raise fail(f"unsupported transfer syntax {ts.name} ({ts})") from None
+        if not decoder.is_available:
+            raise fail(f"compressed transfer syntax {ts.name} needs a decoder that is not installed: {_install_hint(ts)}")
+    else:
+        n_bytes = len(ds.PixelData)
+        expected = _expected_native_bytes(rows, cols, frames, samples, bits_allocated)
+        if n_bytes < expected:
+            raise fail(f"pixel data truncated: {n_bytes} bytes, expected {expected} for {rows}x{cols}x{frames} frames")
+        if n_bytes % 2:
+            raise fail(f"odd-length pixel data ({n_bytes} bytes; DICOM values have even length)")
+
+    try:
+        index = None if frames == 1 else frame
+        stored = pixel_array(ds, index=index)
+    except Exception as exc:  # noqa: BLE001
+        hint = f"; decoder: {_install_hint(ts)}" if ts.is_compressed else ""
+        raise fail(f"cannot decode pixel data ({ts.name}; {type(exc).__name__}: {str(exc)[:200]}){hint}") from None
+    if stored.shape != (rows, cols):
+        raise fail(f"decoded pixel array has shape {stored.shape}, header says {rows}x{cols}")
+
+    meta: dict[str, Any] = {
+        "format": "dicom",
+        "rows": rows,
+        "columns": cols,
+        "bits_allocated": bits_allocated,
+        "bits_stored": bits_stored,
+        "pixel_representation": pixel_rep,
+        "photometric": photometric,
+        "transfer_syntax": str(ts),
+        "transfer_syntax_name": str(ts.name),
+        "number_of_frames": frames,
+        "frame": index if index is not None else 0,
+        "presentation_intent": intent or None,
+    }
+    if pixel_rep == 0 and stored.dtype.kind == "u" and bits_stored < stored.dtype.itemsize * 8:
+        limit = (1 << bits_stored) - 1
+        if int(stored.max()) > limit:  # bits above BitsStored (e.g. retired overlays) are not pixel values
+            stored = stored & stored.dtype.type(limit)
+            meta["masked_high_bits"] = True
+
+    try:
+        values, modality_desc = apply_modality_lut(stored, ds)
+        pixels, voi_desc = apply_voi(values, ds)
+    except Exception as exc:  # noqa: BLE001 - malformed LUT/rescale values
+        raise fail(f"invalid LUT or rescale values ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if photometric == "MONOCHROME1":
+        pixels = np.float32(1.0) - pixels
+    meta["modality_lut"] = modality_desc
+    meta["voi_lut"] = voi_desc
+    meta["inverted"] = photometric == "MONOCHROME1"
+
+    def tag_str(keyword: str) -> str | None:
+        try:
+            v = ds.get(keyword)
+        except Exception:  # noqa: BLE001
+            return None
+        v = _first(v) if v is not None else None
+        return str(v).strip().upper() or None if v is not None else None
+
+    laterality = tag_str("ImageLaterality") or tag_str("Laterality")
+    if laterality not in ("L", "R"):
+        if laterality:
+            meta["laterality_tag"] = laterality  # e.g. "B" (both) or "U" (unpaired)
+        laterality = None
+    view = tag_str("ViewPosition") or _view_from_code(ds)
+    try:
+        orientation = ds.get("PatientOrientation")
+        if orientation:
+            vals = [str(x).strip().upper() for x in (orientation if not isinstance(orientation, str) else orientation.split("\\"))]
+            meta["patient_orientation"] = vals
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        spacing = ds.get("ImagerPixelSpacing") or ds.get("PixelSpacing")
+        if spacing:
+            meta["pixel_spacing_mm"] = [float(x) for x in spacing]
+    except Exception:  # noqa: BLE001
+        pass
+    return LoadedImage(pixels=pixels, laterality=laterality, view=view, meta=meta)
+
+
+def _view_from_code(ds: Any) -> str | None:
+    """View from View Code Sequence when ViewPosition is absent (e.g. SNOMED 'cranio-caudal')."""
+    try:
+        seq = ds.get("ViewCodeSequence")
+        meaning = str(seq[0].CodeMeaning).lower() if seq else ""
+    except Exception:  # noqa: BLE001
+        return None
+    if "oblique" in meaning:
+        return "MLO"
+    if "cranio-caudal" in meaning or "craniocaudal" in meaning:
+        return "CC"
+    if "medio-lateral" in meaning:
+        return "ML"
+    if "latero-medial" in meaning:
+        return "LM"
+    return None

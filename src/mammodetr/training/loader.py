@@ -1,0 +1,102 @@
+"""DataLoaders for training and validation that survive a bad sample and reseed per epoch.
+
+Augmentation randomness is a function of (seed, epoch, index) alone: the sampler hands each worker
+``(epoch, index)`` pairs, so results do not depend on the number of workers, persistent workers, the
+number of processes, or whether the run was resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from mammodetr.data.dataset import collate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BadSample:
+    index: int
+    file_name: str
+    error: str
+
+
+class EpochSampler(Sampler):
+    """Wraps a (distributed) sampler: yields ``(epoch, index)`` and reshuffles by ``set_epoch``."""
+
+    def __init__(self, sampler: DistributedSampler) -> None:
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class SafeDataset(Dataset):
+    """Turns an exception while loading one sample into a ``BadSample`` the collate function drops."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        try:
+            return self.dataset[index]
+        except Exception as exc:  # one unreadable image must not end a long run
+            name = getattr(self.dataset, "images", [{}] * (index + 1))[index].get("file_name", f"#{index}")
+            return BadSample(index, str(name), f"{type(exc).__name__}: {exc}")
+
+
+def collate_skipping(batch):
+    """-> (images or None, targets, bad_samples)."""
+    good = [b for b in batch if not isinstance(b, BadSample)]
+    bad = [b for b in batch if isinstance(b, BadSample)]
+    if not good:
+        return None, [], bad
+    images, targets = collate(good)
+    return images, targets, bad
+
+
+def build_loader(
+    dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    workers: int,
+    rank: int,
+    world_size: int,
+    pin_memory: bool,
+    drop_last: bool,
+) -> tuple[DataLoader, EpochSampler]:
+    base = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+    sampler = EpochSampler(base)
+    loader = DataLoader(
+        SafeDataset(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skipping,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        drop_last=drop_last,
+        prefetch_factor=4 if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return loader, sampler

@@ -1,0 +1,109 @@
+"""Breast crop: Otsu against a brute-force reference, exact box scaling, fallbacks, side detection."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mammodetr.data.crop import CropResult, breast_side, find_breast, otsu_threshold
+
+
+def otsu_brute_force(values: np.ndarray, bins: int = 256) -> float:
+    """Naive float64 loop: try every cut between bins, keep the largest between-class variance."""
+    v = values.astype(np.float64).ravel()
+    hist, edges = np.histogram(v, bins=bins, range=(v.min(), v.max()))
+    centers = (edges[:-1] + edges[1:]) / 2
+    best, best_k = -1.0, 0
+    for k in range(bins - 1):
+        n0, n1 = hist[: k + 1].sum(), hist[k + 1 :].sum()
+        if n0 == 0 or n1 == 0:
+            continue
+        m0 = (hist[: k + 1] * centers[: k + 1]).sum() / n0
+        m1 = (hist[k + 1 :] * centers[k + 1 :]).sum() / n1
+        var = n0 * n1 * (m0 - m1) ** 2
+        if var > best:
+            best, best_k = var, k
+    return float(edges[best_k + 1])
+
+
+def test_otsu_hand_case():
+    # Two clusters {1, 2} and {8, 9}: every cut between 2 and 8 separates them; Otsu takes the first.
+    values = np.array([1, 1, 2, 2, 8, 8, 9, 9], dtype=np.float64)
+    t = otsu_threshold(values, bins=8)
+    assert 2.0 <= t < 8.0
+    assert ((values > t) == (values >= 8)).all()
+
+
+def test_otsu_matches_brute_force():
+    rng = np.random.default_rng(1)
+    for trial in range(3):
+        v = np.concatenate([rng.normal(0.2, 0.05, 3000 + 500 * trial), rng.normal(0.7, 0.1, 2000)])
+        assert otsu_threshold(v) == pytest.approx(otsu_brute_force(v), abs=1e-12)
+
+
+def ellipse_image(h: int, w: int, depth: float = 0.6, noise: float = 0.02, seed: int = 0) -> tuple[np.ndarray, tuple]:
+    yy, xx = np.mgrid[:h, :w]
+    mask = ((xx / (depth * w)) ** 2 + ((yy - h / 2) / (0.38 * h)) ** 2) < 1
+    img = mask * 0.6 + np.random.default_rng(seed).normal(0, noise, (h, w))
+    ys, xs = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return np.clip(img, 0, 1).astype(np.float32), (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+
+
+@pytest.mark.parametrize(("h", "w"), [(200, 160), (700, 530)])
+def test_box_contains_breast_and_is_tight(h, w):
+    img, (tx1, ty1, tx2, ty2) = ellipse_image(h, w)
+    margin = 0.02
+    res = find_breast(img, margin=margin)
+    assert isinstance(res, CropResult) and not res.fallback and res.reason == ""
+    x1, y1, x2, y2 = res.box_xyxy
+    assert all(isinstance(c, int) for c in res.box_xyxy)
+    factor = math.ceil(max(h, w) / 256)
+    mx, my = math.ceil(margin * w), math.ceil(margin * h)
+    # Contains the true region plus the margin (clipped at the border) ...
+    assert x1 <= max(0, tx1 - mx) and y1 <= max(0, ty1 - my)
+    assert x2 >= min(w, tx2 + mx) and y2 >= min(h, ty2 + my)
+    # ... and is at most one block (plus blur spread) larger on each side.
+    slack = 2 * factor + 2
+    assert x1 >= tx1 - mx - slack and y1 >= ty1 - my - slack
+    assert x2 <= tx2 + mx + slack and y2 <= ty2 + my + slack
+    assert res.side == "L"
+
+
+def test_bright_marker_is_not_the_breast():
+    img, (tx1, ty1, tx2, ty2) = ellipse_image(256, 200)
+    img[5:12, 180:190] = 1.0  # lead marker in the far corner
+    res = find_breast(img, margin=0.0)
+    assert res.box_xyxy[2] < 180 and not res.fallback
+
+
+@pytest.mark.parametrize(
+    ("image", "words"),
+    [
+        (np.zeros((64, 48), np.float32), "constant"),
+        (np.full((64, 48), 0.5, np.float32), "constant"),
+        (np.pad(np.ones((6, 6), np.float32), ((30, 28), (20, 22))), "only"),
+        (np.pad(np.full((128, 127), 0.8, np.float32), ((0, 0), (1, 0))), "covers"),
+        (np.kron(np.indices((4, 4)).sum(0) % 2, np.ones((16, 12))).astype(np.float32), "fragmented"),
+    ],
+)
+def test_fallback_to_whole_image_with_reason(image, words):
+    res = find_breast(image)
+    assert res.fallback and res.box_xyxy == (0, 0, image.shape[1], image.shape[0])
+    assert words in res.reason
+
+
+def test_breast_side_left_right():
+    img, _ = ellipse_image(120, 100)
+    assert breast_side(img) == "L"
+    assert breast_side(img[:, ::-1]) == "R"
+    assert find_breast(img[:, ::-1].copy()).side == "R"
+
+
+def test_uint16_input_and_partial_blocks():
+    img, (tx1, ty1, tx2, ty2) = ellipse_image(517, 389)  # not a multiple of the block size
+    res = find_breast((img * 65535).astype(np.uint16), margin=0.0)
+    x1, y1, x2, y2 = res.box_xyxy
+    assert x1 <= tx1 and y1 <= ty1 and x2 >= tx2 and y2 >= ty2
+    assert x2 <= 389 and y2 <= 517

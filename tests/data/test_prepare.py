@@ -1,0 +1,208 @@
+"""prepare end to end on a tiny CSV dataset: outputs, box mapping, bad input reported one line each, re-runs."""
+
+import csv
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mammodetr.cli import main as cli_main
+from mammodetr.data.converters import convert
+from mammodetr.data.geometry import ImageTransform
+from mammodetr.data.prepare import map_box, prepare_dataset
+from mammodetr.data.preprocess import PrepareOptions
+from mammodetr.data.records import Conversion, ImageRecord
+
+H, W = 120, 90
+FIELDS = ["image_path", "patient_id", "label", "laterality", "view", "study_id", "x1", "y1", "x2", "y2",
+          "lesion_label"]
+
+
+def _breast_png(path, lesion=(20, 50, 32, 62), side="L"):
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    img = np.zeros((H, W), np.float32)
+    img[(xx / 60.0) ** 2 + ((yy - 60) / 50.0) ** 2 < 1] = 0.4
+    x1, y1, x2, y2 = lesion
+    img[y1:y2, x1:x2] = 1.0
+    if side == "R":
+        img = img[:, ::-1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((img * 65535 + 0.5).astype(np.uint16)).save(path)
+
+
+@pytest.fixture()
+def csv_dataset(tmp_path):
+    src = tmp_path / "src"
+    rows = []
+    for i in range(6):
+        _breast_png(src / "img" / f"{i}.png")
+        label = ["normal", "benign", "malignant"][i % 3]
+        box = ["", "", "", ""] if label == "normal" else [20, 50, 32, 62]
+        rows.append([f"img/{i}.png", f"MRN-{1000 + i // 2}", label, "L", "CC", f"ACC{i // 2}", *box,
+                     "" if label == "normal" else label])
+    (src / "img" / "empty.png").write_bytes(b"")
+    rows += [
+        ["img/1.png", "MRN-1000", "benign", "L", "CC", "ACC0", -10, 40, 25, 70, "benign"],  # partly outside
+        ["img/1.png", "MRN-1000", "benign", "L", "CC", "ACC0", 200, 200, 250, 260, "benign"],  # fully outside
+        ["img/2.png", "MRN-1001", "malignant", "L", "CC", "ACC1", 10, 10, 10, 30, "malignant"],  # degenerate
+        ["img/2.png", "MRN-1001", "malignant", "L", "CC", "ACC1", "nan", 10, 20, 30, "malignant"],  # NaN
+        ["img/missing.png", "MRN-1009", "normal", "", "", "", "", "", "", "", ""],  # image missing
+        ["img/empty.png", "MRN-1009", "normal", "", "", "", "", "", "", "", ""],  # zero-byte image
+        ["./img/3.png", "MRN-1001", "normal", "L", "CC", "ACC1", "", "", "", "", ""],  # same file again
+    ]
+    with open(src / "table.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(FIELDS)
+        w.writerows(rows)
+    return src / "table.csv"
+
+
+def test_prepare_end_to_end_with_bad_input(csv_dataset, tmp_path):
+    out = tmp_path / "out"
+    lines = []
+    options = PrepareOptions(max_side=60, flip_to="R")
+    report = prepare_dataset(convert("csv", csv_dataset), out, options, workers=0, progress=False,
+                             log=lines.append)
+    ann = json.loads((out / "annotations.json").read_text())
+    assert report["images_prepared"] == len(ann["images"]) == 6
+    assert report["labels"] == {"normal": 2, "benign": 2, "malignant": 2}
+    assert report["images_with_boxes"] == 4 and report["boxes"] == 5
+    assert ann["info"]["prepare"] == options.to_dict()
+
+    # each problem: one line naming the file and what is wrong
+    def has(file, text):
+        return any(file in ln and text in ln for ln in lines)
+
+    assert has("img/1.png", "extends outside the 120x90 image (clipped box)")
+    assert has("img/1.png", "lies outside the 120x90 image (skipped box)")
+    assert has("img/2.png", "degenerate")
+    assert has("img/2.png", "NaN")
+    assert has("img/missing.png", "image file not found")
+    assert has("img/empty.png", "empty file")
+    assert has("img/3.png", "duplicate image id")
+    assert all("\n" not in ln for ln in lines)
+    assert [p["file"] for p in report["problems"]] and len(report["problems"]) == len(lines)
+
+    # no patient identifiers in file names or anywhere in the outputs
+    for name in ("annotations.json", "prepare_report.json", "prepare_state.json"):
+        text = (out / name).read_text()
+        assert "MRN-" not in text and "ACC" not in text, name
+    assert all("MRN" not in p.name for p in (out / "images").iterdir())
+    assert len({img["patient_id"] for img in ann["images"]}) == 3
+
+    for img in ann["images"]:
+        png = Image.open(out / img["file_name"])
+        assert png.mode.startswith("I;16") and png.size == (img["width"], img["height"])
+        assert max(png.size) <= 60
+        t = ImageTransform.from_dict(img["transform"])
+        assert t.output_size_hw == (img["height"], img["width"]) and t.flipped  # breast moved to the right
+        boxes = [a for a in ann["annotations"] if a["image_id"] == img["id"]]
+        if img["source"] == "img/0.png" or img["label"] == "normal":
+            assert boxes == []
+        for a in boxes:
+            x, y, w, h = a["bbox"]
+            assert 0 <= x and 0 <= y and x + w <= img["width"] + 1e-6 and y + h <= img["height"] + 1e-6
+        if img["source"] == "img/4.png":  # benign, one box: the bbox is the transformed original box
+            expected = t.apply_boxes_xyxy([[20, 50, 32, 62]])[0]
+            x, y, w, h = boxes[0]["bbox"]
+            np.testing.assert_allclose([x, y, x + w, y + h], expected, atol=1e-3)
+            assert boxes[0]["pathology"] == "benign"
+            pixels = np.asarray(png, dtype=np.float64) / 65535
+            ys, xs = np.nonzero(pixels > 0.8)
+            np.testing.assert_allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], expected, atol=1.5)
+
+
+def test_rerun_skips_prepared_images_and_keeps_split(csv_dataset, tmp_path):
+    out = tmp_path / "out"
+    conv = convert("csv", csv_dataset)
+    first = prepare_dataset(conv, out, PrepareOptions(max_side=60), workers=0, progress=False, log=lambda s: None)
+    assert first["images_prepared_this_run"] == 6
+    ann = json.loads((out / "annotations.json").read_text())
+    ann["images"][0]["split"] = "train"
+    (out / "annotations.json").write_text(json.dumps(ann))
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir()}
+
+    second = prepare_dataset(convert("csv", csv_dataset), out, PrepareOptions(max_side=60), workers=0,
+                             progress=False, log=lambda s: None)
+    assert second["images_reused_from_earlier_run"] == 6 and second["images_prepared_this_run"] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir()} == mtimes
+    ann2 = json.loads((out / "annotations.json").read_text())
+    assert ann2["images"][0]["split"] == "train"
+    assert [i["file_name"] for i in ann2["images"]] == [i["file_name"] for i in ann["images"]]
+    assert ann2["annotations"] == ann["annotations"]
+
+    # a changed source is prepared again; changed options prepare everything again
+    src = csv_dataset.parent / "img" / "4.png"
+    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))
+    third = prepare_dataset(convert("csv", csv_dataset), out, PrepareOptions(max_side=60), workers=0,
+                            progress=False, log=lambda s: None)
+    assert third["images_prepared_this_run"] == 1
+    fourth = prepare_dataset(convert("csv", csv_dataset), out, PrepareOptions(max_side=50), workers=0,
+                             progress=False, log=lambda s: None)
+    assert fourth["images_prepared_this_run"] == 6
+
+
+def test_worker_processes_give_the_same_result(csv_dataset, tmp_path):
+    a = prepare_dataset(convert("csv", csv_dataset), tmp_path / "a", PrepareOptions(max_side=60), workers=0,
+                        progress=False, log=lambda s: None)
+    b = prepare_dataset(convert("csv", csv_dataset), tmp_path / "b", PrepareOptions(max_side=60), workers=2,
+                        progress=False, log=lambda s: None)
+    assert a["images_prepared"] == b["images_prepared"] == 6
+    ann_a = json.loads((tmp_path / "a" / "annotations.json").read_text())
+    ann_b = json.loads((tmp_path / "b" / "annotations.json").read_text())
+    assert [i["transform"] for i in ann_a["images"]] == [i["transform"] for i in ann_b["images"]]
+    assert ann_a["annotations"] == ann_b["annotations"]
+
+
+def test_duplicate_coco_ids_and_unreadable_dicom(tmp_path):
+    src = tmp_path / "src"
+    _breast_png(src / "a.png")
+    (src / "bad.dcm").write_bytes(b"\x00" * 200)
+    data = {"images": [{"id": 1, "file_name": "a.png", "patient_id": "x", "label": "normal"},
+                       {"id": 1, "file_name": "a.png", "patient_id": "x", "label": "normal"},
+                       {"id": 2, "file_name": "bad.dcm", "patient_id": "y", "label": "normal"}],
+            "annotations": []}
+    (src / "c.json").write_text(json.dumps(data))
+    lines = []
+    report = prepare_dataset(convert("coco", src / "c.json"), tmp_path / "out", workers=0, progress=False,
+                             log=lines.append)
+    assert report["images_prepared"] == 1
+    assert any("duplicate image id 1" in ln for ln in lines)
+    assert any("bad.dcm" in ln and "DICM" in ln for ln in lines)
+
+
+def test_map_box_rules():
+    t = ImageTransform((100, 80)).crop(10, 0, 70, 100).resize((50, 30))
+    box, problem, _ = map_box([20, 10, 40, 30], t)
+    np.testing.assert_allclose(box, [5, 5, 15, 15])
+    assert problem is None
+    box, problem, action = map_box([0, 10, 40, 30], t)  # reaches left of the crop
+    assert box[0] == 0 and "breast crop" in problem and action == "clipped box"
+    assert map_box([0, 0, 5, 5], t)[0] is None  # entirely outside the crop
+    assert map_box([float("inf"), 0, 5, 5], t)[0] is None
+    assert map_box([30, 30, 20, 40], t)[0] is None  # swapped corners = degenerate
+
+
+def test_cli_prepare_and_split(csv_dataset, tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = cli_main(["prepare", "--source", "csv", "--input", str(csv_dataset), "--out", str(out),
+                   "--max-side", "64", "--flip-to", "none", "--workers", "1", "--no-progress"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert re.search(r"prepared 6 of 9 images", captured.out)
+    assert "img/missing.png: image file not found" in captured.err
+    assert cli_main(["split", "--data", str(out), "--fractions", "0.5", "0.25", "0.25", "--seed", "3"]) == 0
+    ann = json.loads((out / "annotations.json").read_text())
+    assert all(img["split"] in ("train", "val", "test") for img in ann["images"])
+    assert cli_main(["prepare", "--source", "csv", "--input", str(tmp_path / "nope.csv"), "--out",
+                     str(out)]) == 2
+    assert "nope.csv: CSV table not found" in capsys.readouterr().err
+
+
+def test_records_with_no_usable_image_prepare_nothing(tmp_path):
+    conv = Conversion([ImageRecord(tmp_path / "x.png", "x", "p", "normal")], source="csv", input_root=tmp_path)
+    report = prepare_dataset(conv, tmp_path / "out", workers=0, progress=False, log=lambda s: None)
+    assert report["images_prepared"] == 0 and report["images_skipped"] == 1

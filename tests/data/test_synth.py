@@ -1,0 +1,158 @@
+"""Synthetic mammograms: determinism, table schema, exact boxes, laterality, every DICOM variant read back."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from mammodetr.data.crop import breast_side, find_breast
+from mammodetr.data.io import check_laterality, read_image
+from mammodetr.data.synth import (
+    DICOM_VARIANTS,
+    TABLE_COLUMNS,
+    LesionSpec,
+    SynthOptions,
+    generate_dataset,
+    make_dicom_dataset,
+    powerlaw_noise,
+    quantise,
+    render_mammogram,
+    write_dicom,
+)
+
+SIZE = (96, 80)
+
+
+def read_table(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_generate_png_is_deterministic_and_follows_the_schema(tmp_path):
+    a = generate_dataset(tmp_path / "a", n_patients=4, image_size=SIZE, fmt="png", seed=7, progress=False)
+    b = generate_dataset(tmp_path / "b", n_patients=4, image_size=SIZE, fmt="png", seed=7, progress=False)
+    c = generate_dataset(tmp_path / "c", n_patients=4, image_size=SIZE, fmt="png", seed=8, progress=False)
+    assert a.read_text() == b.read_text()
+    rows = read_table(a)
+    assert tuple(rows[0].keys()) == TABLE_COLUMNS
+    images = sorted({r["image_path"] for r in rows})
+    assert len(images) == 16  # four views per patient
+    for rel in images:
+        assert (a.parent / rel).read_bytes() == (b.parent / rel).read_bytes()
+        assert "SYN" not in rel  # no patient id in file names
+    assert any((a.parent / rel).read_bytes() != (c.parent / rel).read_bytes() for rel in images)
+    per_patient = {}
+    for r in rows:
+        per_patient.setdefault(r["patient_id"], set()).add((r["laterality"], r["view"]))
+        assert r["label"] in ("normal", "benign", "malignant")
+        if r["x1"]:
+            x1, y1, x2, y2 = (int(r[k]) for k in ("x1", "y1", "x2", "y2"))
+            assert 0 <= x1 < x2 <= SIZE[1] and 0 <= y1 < y2 <= SIZE[0]
+            assert r["lesion_label"] in ("benign", "malignant") and r["label"] != "normal"
+        else:
+            assert r["label"] == "normal" and r["lesion_label"] == ""
+    assert all(v == {("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")} for v in per_patient.values())
+    # Images are 16-bit and read back exactly.
+    loaded = read_image(a.parent / images[0])
+    assert loaded.meta["bits"] == 16
+    manifest = json.loads((a.parent / "synth_manifest.json").read_text())
+    assert len(manifest["images"]) == 16
+
+
+def test_patient_does_not_depend_on_dataset_size(tmp_path):
+    small = generate_dataset(tmp_path / "s", n_patients=1, image_size=SIZE, seed=3, progress=False)
+    large = generate_dataset(tmp_path / "l", n_patients=3, image_size=SIZE, seed=3, progress=False)
+    first = [r for r in read_table(large) if r["patient_id"] == "SYN0001"]
+    assert first == read_table(small)
+
+
+@pytest.mark.parametrize("kind", ["circumscribed", "spiculated", "calcifications"])
+@pytest.mark.parametrize("laterality", ["L", "R"])
+def test_box_is_the_rendered_lesion(kind, laterality):
+    opts = SynthOptions(noise=0.0)
+    spec = LesionSpec(kind, 0.5, 0.1, 0.16, 0.3, seed=11)
+    args = dict(view="CC", laterality=laterality, density=0.4, options=opts)
+    with_lesion = render_mammogram(np.random.default_rng(5), (160, 128), lesions=[spec], **args)
+    without = render_mammogram(np.random.default_rng(5), (160, 128), **args)
+    diff = with_lesion.pixels.astype(np.float64) - without.pixels
+    assert (diff >= -1e-7).all()
+    (x1, y1, x2, y2), = with_lesion.boxes_xyxy_px.tolist()
+    # The lesion's mass of added intensity lies in its box; the outside gets only blur tails.
+    inside = diff[y1:y2, x1:x2].sum()
+    assert inside > 0.97 * diff.sum()
+    # And the box is tight: each edge row/column of the box carries lesion signal.
+    strong = diff > 0.02
+    assert strong[y1, x1:x2].any() and strong[y2 - 1, x1:x2].any()
+    assert strong[y1:y2, x1].any() and strong[y1:y2, x2 - 1].any()
+    assert with_lesion.lesion_labels == [spec.pathology]
+
+
+@pytest.mark.parametrize("view", ["CC", "MLO"])
+def test_breast_side_crop_and_laterality_agree(view):
+    for i, lat in enumerate(["L", "R", "L", "R"]):
+        img = render_mammogram(np.random.default_rng(i), SIZE, view=view, laterality=lat, density=0.2 + 0.2 * i)
+        assert breast_side(img.pixels) == lat
+        res = find_breast(img.pixels)
+        assert not res.fallback, res.reason
+        ys, xs = np.nonzero(img.breast_mask)
+        x1, y1, x2, y2 = res.box_xyxy
+        # The crop keeps (nearly) all breast pixels.
+        kept = ((xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)).mean()
+        assert kept > 0.99
+
+
+@pytest.mark.parametrize("variant", DICOM_VARIANTS)
+def test_every_dicom_variant_reads_back(tmp_path, variant):
+    img = render_mammogram(np.random.default_rng(2), SIZE, view="MLO", laterality="R", density=0.5)
+    values = quantise(img.pixels)
+    p = write_dicom(tmp_path / "v.dcm", make_dicom_dataset(values, variant=variant, laterality="R", view="MLO"))
+    loaded = read_image(p)
+    assert (loaded.laterality, loaded.view) == ("R", "MLO")
+    assert check_laterality(loaded) is None
+    x = values / 65535.0
+    want = {
+        "mono2": x,  # the marker pins max=1, the background min=0: min-max is the identity
+        "mono1": x,
+        "window": np.clip(x / 0.95, 0, 1),
+        "mono1_window": np.clip(x / 0.95, 0, 1),
+        "sigmoid": 1 / (1 + np.exp(-4 * (x * 65535 - round(0.45 * 65535, 1)) / 65535)),
+    }[variant]
+    np.testing.assert_allclose(loaded.pixels, want, atol=1e-4)
+
+
+def test_generate_dicom_with_tags(tmp_path):
+    table = generate_dataset(tmp_path, n_patients=1, image_size=SIZE, fmt="dicom", seed=1, progress=False)
+    for r in read_table(table):
+        loaded = read_image(table.parent / r["image_path"])
+        assert (loaded.laterality, loaded.view) == (r["laterality"], r["view"])
+        assert check_laterality(loaded) is None
+
+
+def test_powerlaw_noise_spectrum_slope():
+    n = powerlaw_noise(np.random.default_rng(0), (128, 128), beta=3.0)
+    assert abs(float(n.mean())) < 1e-5 and abs(float(n.std()) - 1) < 1e-4
+    p = np.abs(np.fft.fft2(n)) ** 2
+    f = np.hypot(*np.meshgrid(np.fft.fftfreq(128), np.fft.fftfreq(128)))
+    sel = (f > 0.02) & (f < 0.4)
+    slope = np.polyfit(np.log(f[sel]), np.log(p[sel]), 1)[0]
+    assert -3.4 < slope < -2.6
+
+
+def test_cli_synth(tmp_path):
+    from mammodetr.cli import main
+
+    code = main(["synth", "--out", str(tmp_path / "o"), "--patients", "1", "--size", "64", "52",
+                 "--format", "dicom", "--seed", "2", "--no-progress"])
+    assert code == 0
+    assert len(list((tmp_path / "o" / "images").glob("*.dcm"))) == 4
+    assert main(["synth", "--out", str(tmp_path / "p"), "--patients", "0", "--no-progress"]) == 2
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="fmt"):
+        generate_dataset(tmp_path, n_patients=1, fmt="jpg")
+    with pytest.raises(ValueError, match="jpeg2000"):
+        generate_dataset(tmp_path, n_patients=1, fmt="png", jpeg2000=True)

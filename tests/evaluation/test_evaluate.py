@@ -1,0 +1,79 @@
+import json
+
+import numpy as np
+import pytest
+
+from mammodetr.evaluation.evaluate import TOP_LEVEL_KEYS, EvaluationOptions, evaluate_split, load_split
+
+from ._synthetic import ground_truth_predictions, make_prepared_dataset
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_metrics_json_keys_and_perfect_boxes(tmp_path):
+    data = make_prepared_dataset(tmp_path / "ds")
+    preds = _write_jsonl(tmp_path / "preds.jsonl", ground_truth_predictions(data, np.random.default_rng(0)))
+    out = tmp_path / "eval"
+    evaluate_split(data, out, split="test", predictions_path=preds,
+                   options=EvaluationOptions(n_bootstrap=200, max_dets=3))
+    m = json.loads((out / "metrics.json").read_text())
+    nested = {"ci", "froc", "operating_points", "calibration", "breast_level", "subgroups", "meta"}
+    assert set(m) == set(TOP_LEVEL_KEYS) | nested
+    for k in TOP_LEVEL_KEYS:
+        assert m[k] is None or 0.0 <= m[k] <= 1.0, k
+    # every ground-truth box is predicted exactly (the extra box is elsewhere)
+    assert m["recall25"] == pytest.approx(1.0)
+    assert m["iou"] == pytest.approx(1.0)
+    assert m["iou_top1"] == pytest.approx(1.0)
+    assert m["auc"] == pytest.approx(1.0)
+    assert m["ci"]["auc"]["low"] <= m["auc"] <= m["ci"]["auc"]["high"]
+    assert m["froc"]["iou"]["sensitivity_at"]["2.0"] == pytest.approx(1.0)
+    assert m["breast_level"]["n_breasts"] == 24
+    assert set(m["subgroups"]["view"]) == {"CC", "MLO"} and set(m["subgroups"]["density"]) == {"A", "B"}
+    assert m["meta"]["n_images"] == 48 and m["meta"]["max_dets"] == 3
+    for f in ("report.md", "report.html", "per_image.jsonl", "plots/roc.png", "plots/examples.png"):
+        assert (out / f).is_file(), f
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<img" in html and "src=\"plots/" not in html
+
+
+def test_missing_and_failed_predictions(tmp_path):
+    data = make_prepared_dataset(tmp_path / "ds", n_patients=6)
+    rows = ground_truth_predictions(data, np.random.default_rng(1))
+    rows[0] = {"file_name": rows[0]["file_name"], "error": "unreadable"}
+    preds = _write_jsonl(tmp_path / "p.jsonl", rows)
+    r = evaluate_split(data, tmp_path / "o", predictions_path=preds, options=EvaluationOptions(n_bootstrap=0),
+                       report=False)
+    assert r.metrics["meta"]["n_failed_predictions"] == 1 and r.metrics["meta"]["n_images"] == len(rows) - 1
+    _write_jsonl(tmp_path / "short.jsonl", rows[2:])
+    with pytest.raises(ValueError, match="lack 2"):
+        evaluate_split(data, tmp_path / "o2", predictions_path=tmp_path / "short.jsonl", report=False)
+
+
+def test_unknown_split_and_bad_label(tmp_path):
+    data = make_prepared_dataset(tmp_path / "ds", n_patients=3)
+    with pytest.raises(ValueError, match="splits present"):
+        load_split(data, "val")
+    coco = json.loads((data / "annotations.json").read_text())
+    coco["images"][0]["label"] = "maybe"
+    (data / "annotations.json").write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match="maybe"):
+        load_split(data, "test")
+
+
+def test_cli_evaluate(tmp_path, capsys):
+    from mammodetr.cli import main
+
+    data = make_prepared_dataset(tmp_path / "ds", n_patients=6)
+    preds = _write_jsonl(tmp_path / "p.jsonl", ground_truth_predictions(data, np.random.default_rng(2), noise=1.0))
+    rc = main(["evaluate", "--data", str(data), "--predictions", str(preds), "--out", str(tmp_path / "e"),
+               "--bootstrap", "50", "--no-report"])
+    assert rc == 0
+    assert (tmp_path / "e" / "metrics.json").is_file()
+    assert "map25=" in capsys.readouterr().out
+    rc = main(["evaluate", "--data", str(data), "--predictions", str(tmp_path / "nope.jsonl"),
+               "--out", str(tmp_path / "e2")])
+    assert rc == 2
