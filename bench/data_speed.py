@@ -39,6 +39,38 @@ def _prepare(table: Path, out: Path, workers: int, max_side: int) -> dict:
             "problems": len(report["problems"])}
 
 
+def _breakdown(table: Path, n: int, max_side: int) -> dict:
+    """Median milliseconds per step of one prepare, in this process (where the time goes)."""
+    import csv
+
+    import numpy as np
+
+    from mammodetr.data.crop import find_breast
+    from mammodetr.data.io import read_image
+    from mammodetr.data.prepare import save_png16
+    from mammodetr.data.preprocess import PrepareOptions, preprocess_pixels
+
+    with open(table, newline="") as fh:
+        paths = sorted({table.parent / row["image_path"] for row in csv.DictReader(fh)})[:n]
+    steps: dict[str, list] = {"read": [], "find_breast": [], "crop+flip+resize": [], "png_write": []}
+    for path in paths:
+        t0 = time.perf_counter()
+        loaded = read_image(path)
+        t1 = time.perf_counter()
+        find_breast(loaded.pixels)
+        t2 = time.perf_counter()
+        # preprocess_pixels runs find_breast again; its own time is subtracted below
+        prepared = preprocess_pixels(loaded.pixels, PrepareOptions(max_side=max_side))
+        t3 = time.perf_counter()
+        save_png16(prepared.pixels, table.parent / "breakdown.png")
+        t4 = time.perf_counter()
+        steps["read"].append(t1 - t0)
+        steps["find_breast"].append(t2 - t1)
+        steps["crop+flip+resize"].append(max(0.0, (t3 - t2) - (t2 - t1)))
+        steps["png_write"].append(t4 - t3)
+    return {k: round(float(np.median(v)) * 1000, 1) for k, v in steps.items()}
+
+
 def _loader(root: Path, image_size: int, items: int, cache: bool, cache_dir: Path) -> dict:
     import torch
 
@@ -83,6 +115,7 @@ def main(argv=None) -> int:
         results["prepare_dicom_uncompressed"] = r
         rows.append((f"prepare, uncompressed DICOM {size[0]}x{size[1]}, {args.workers} workers",
                      r["images_per_s"], ">= 4", r["images_per_s"] >= 4))
+        results["prepare_step_ms_median"] = _breakdown(tmp / "dcm" / "table.csv", 4, args.max_side)
         r1 = _prepare(tmp / "dcm" / "table.csv", tmp / "prep1", 1, args.max_side)
         results["prepare_dicom_uncompressed_1_worker"] = r1
         rows.append(("prepare, uncompressed DICOM, 1 process", r1["images_per_s"], "", None))
@@ -115,6 +148,8 @@ def main(argv=None) -> int:
     print(f"{'measurement':<{width}}  {'images/s':>9}  {'target':>7}  ok")
     for name, value, target, ok in rows:
         print(f"{name:<{width}}  {value:>9.1f}  {target:>7}  {'' if ok is None else 'yes' if ok else 'NO'}")
+    print("prepare steps, median ms per image (1 process): "
+          + ", ".join(f"{k} {v}" for k, v in results["prepare_step_ms_median"].items()))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")

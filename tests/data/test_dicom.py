@@ -334,7 +334,6 @@ def test_compressed_syntax_without_decoder_names_the_extra(tmp_path):
 
 
 def test_identifiers_scrubbed_from_messages():
-    raw = make_ds().save_as  # noqa: F841 - just to show we build from a real dataset below
     ds = make_ds()
     with tempfile.TemporaryDirectory() as d:
         p = write_dicom(Path(d) / "x.dcm", ds)
@@ -378,3 +377,13 @@ def test_fuzz_byte_flips_give_error_or_valid_image(flips):
     assert px.dtype == np.float32 and px.ndim == 2
     assert np.isfinite(px).all() and px.min() >= 0.0 and px.max() <= 1.0
     assert all(s.lower() not in json.dumps(loaded.meta, default=str).lower() for s in SECRETS)
+
+
+def test_unknown_transfer_syntax(tmp_path):
+    ds = make_ds()
+    ds.file_meta.TransferSyntaxUID = "1.2.3.4.5"
+    p = tmp_path / "ts.dcm"
+    ds.save_as(p, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    with pytest.raises(ImageReadError) as e:
+        read_image(p)
+    assert_error(p, e.value, "unknown transfer syntax")

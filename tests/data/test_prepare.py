@@ -206,3 +206,37 @@ def test_records_with_no_usable_image_prepare_nothing(tmp_path):
     conv = Conversion([ImageRecord(tmp_path / "x.png", "x", "p", "normal")], source="csv", input_root=tmp_path)
     report = prepare_dataset(conv, tmp_path / "out", workers=0, progress=False, log=lambda s: None)
     assert report["images_prepared"] == 0 and report["images_skipped"] == 1
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (37, 20)])
+def test_png16_encoder_round_trips_through_pillow(tmp_path, shape):
+    from mammodetr.data.prepare import encode_png16
+
+    values = np.random.default_rng(0).integers(0, 65536, size=shape, dtype=np.uint16)
+    values[0, 0], values[-1, -1] = 0, 65535
+    path = tmp_path / "x.png"
+    path.write_bytes(encode_png16(values))
+    with Image.open(path) as im:
+        assert im.mode.startswith("I;16") and im.size == (shape[1], shape[0])
+        np.testing.assert_array_equal(np.asarray(im), values)
+
+
+def _crash_on_2(job):
+    """Stand-in worker that kills its process on one file, as a crashing decoder would."""
+    from mammodetr.data import prepare as prepare_module
+
+    if job.source.endswith("2.png"):
+        os._exit(3)
+    return prepare_module._original_prepare_one(job)
+
+
+def test_a_dying_worker_loses_only_its_file(csv_dataset, tmp_path, monkeypatch):
+    from mammodetr.data import prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "_original_prepare_one", prepare_module._prepare_one, raising=False)
+    monkeypatch.setattr(prepare_module, "_prepare_one", _crash_on_2)
+    lines = []
+    report = prepare_dataset(convert("csv", csv_dataset), tmp_path / "out", PrepareOptions(max_side=60),
+                             workers=2, progress=False, log=lines.append)
+    assert report["images_prepared"] == 5
+    assert any("img/2.png" in ln and "worker process died" in ln for ln in lines)

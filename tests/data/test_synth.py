@@ -112,6 +112,7 @@ def test_every_dicom_variant_reads_back(tmp_path, variant):
     loaded = read_image(p)
     assert (loaded.laterality, loaded.view) == ("R", "MLO")
     assert check_laterality(loaded) is None
+    assert not find_breast(loaded.pixels).fallback
     x = values / 65535.0
     want = {
         "mono2": x,  # the marker pins max=1, the background min=0: min-max is the identity

@@ -332,3 +332,18 @@ def test_hub_download_is_loaded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     load_mambavision_weights(model, "hub")
     assert calls == [("nvidia/MambaVision-T-1K", "model.safetensors")]
     torch.testing.assert_close(model.head.weight, state["head.weight"])
+
+
+@needs_reference
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_matches_official_outputs_on_cuda(reference, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # TF32 convs alone exceed 1e-4
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    model, data = reference
+    case = data["cases"][1]
+    cuda_model = MambaVision(**data["config"]).cuda().eval()
+    cuda_model.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert rel_err(cuda_model(case["input"].cuda()).cpu(), case["logits"]) <= 1e-4
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            assert torch.isfinite(cuda_model(case["input"].cuda())).all()

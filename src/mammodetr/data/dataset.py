@@ -101,8 +101,7 @@ class MammoDataset(torch.utils.data.Dataset):
             kind = "letterbox" if self.letterbox else "plain"
             self.cache_dir = Path(cache_dir) if cache_dir else self.root / "cache"
             self.cache_dir = self.cache_dir / f"{self.image_size}_{kind}"
-        self._rng: Optional[np.random.Generator] = None
-        self._rng_key = None
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.images)
@@ -116,15 +115,14 @@ class MammoDataset(torch.utils.data.Dataset):
     def patient_ids(self) -> list[str]:
         return [str(img["patient_id"]) for img in self.images]
 
-    def _generator(self) -> np.random.Generator:
-        info = torch.utils.data.get_worker_info()
-        # A DataLoader copies the dataset into each worker; keying the generator on the worker's seed (new for
-        # every epoch's iterator) keeps workers from repeating each other's augmentations.
-        key = None if info is None else info.seed
-        if self._rng is None or key != self._rng_key:
-            self._rng = np.random.default_rng([self.seed, 0 if key is None else key % (2**63)])
-            self._rng_key = key
-        return self._rng
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentations are a function of (seed, epoch, index) alone (see ``_generator``)."""
+        self.epoch = int(epoch)
+
+    def _generator(self, index: int) -> np.random.Generator:
+        # Keyed on (seed, epoch, index) rather than on worker state, so an augmentation does not depend
+        # on the number of workers or processes, persistent workers, or a resumed run.
+        return np.random.default_rng([self.seed, self.epoch, index])
 
     def _base_image(self, index: int) -> np.ndarray:
         """The S x S uint16 model-input image before augmentation (cached)."""
@@ -161,7 +159,7 @@ class MammoDataset(torch.utils.data.Dataset):
         boxes = torch.from_numpy(t.apply_boxes_xyxy(self._boxes_xyxy[index]).astype(np.float32))
         malignant = torch.from_numpy(self._box_malignant[index])
         if self.preset.name != "none":
-            image, boxes, keep = augment(image, boxes, self.preset, self._generator())
+            image, boxes, keep = augment(image, boxes, self.preset, self._generator(index))
             malignant = malignant[keep]
         s = float(self.image_size)
         boxes_cxcywh = (boxes_xyxy_to_cxcywh(boxes) / s).clamp(0.0, 1.0).to(torch.float32).reshape(-1, 4)

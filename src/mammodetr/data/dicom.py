@@ -322,6 +322,12 @@ def _read_dicom(path: Path, frame: int | None, allow_for_processing: bool, max_p
     except Exception as exc:  # noqa: BLE001 - e.g. a non-numeric IS/DS value
         raise fail(f"invalid header value ({type(exc).__name__}: {str(exc)[:200]})") from None
 
+    try:
+        known_syntax = bool(ts.is_transfer_syntax)
+    except Exception:  # noqa: BLE001
+        known_syntax = False
+    if not known_syntax:
+        raise fail(f"unknown transfer syntax UID {str(ts)[:64]!r}")
     if bits_allocated not in (8, 16, 32):
         raise fail(f"unsupported BitsAllocated={bits_allocated} (expected 8, 16 or 32)")
     if not 1 <= bits_stored <= bits_allocated:

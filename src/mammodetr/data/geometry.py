@@ -17,7 +17,7 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-__all__ = ["CropOp", "FlipOp", "ResizeOp", "PadOp", "ImageTransform", "resize_pixels"]
+__all__ = ["CropOp", "FlipOp", "ResizeOp", "PadOp", "ImageTransform", "resize_pixels", "clip_boxes_xyxy"]
 
 
 def _as_boxes(boxes_xyxy: Any) -> np.ndarray:
@@ -183,10 +183,10 @@ def resize_pixels(pixels: np.ndarray, out_hw: tuple[int, int], filter: str = "la
     if arr.shape == (out_h, out_w):
         return arr.copy()
     resample = getattr(Image.Resampling, filter.upper())
-    out = np.asarray(Image.fromarray(arr, mode="F").resize((out_w, out_h), resample), dtype=np.float32)
+    # np.array (not asarray): Pillow's buffer is read-only and callers may modify the result in place.
+    out = np.array(Image.fromarray(arr, mode="F").resize((out_w, out_h), resample), dtype=np.float32)
     if filter in ("bicubic", "lanczos"):
-        lo, hi = float(arr.min()), float(arr.max())
-        out = np.clip(out, lo, hi)
+        np.clip(out, float(arr.min()), float(arr.max()), out=out)
     return out
 
 

@@ -58,7 +58,7 @@ class LoadedImage:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def sniff_format(path: str | os.PathLike[str], head: bytes) -> str | None:
+def sniff_format(head: bytes) -> str | None:
     """Return the image format from the file's first bytes (at least 132), or None if unknown.
 
     One of ``"dicom"``, ``"png"``, ``"jpeg"``, ``"tiff"``, ``"pgm"``.
@@ -121,7 +121,7 @@ def read_image(
     except OSError as exc:
         raise ImageReadError(path, f"cannot read file ({exc.strerror or type(exc).__name__})") from None
 
-    fmt = sniff_format(p, head)
+    fmt = sniff_format(head)
     if fmt is None:
         if p.suffix.lower() in (".dcm", ".dicom"):
             reason = "not a DICOM file: no 'DICM' marker at byte 128"

@@ -21,10 +21,13 @@ import json
 import multiprocessing
 import os
 import secrets
+import struct
 import sys
 import time
+import zlib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -35,7 +38,7 @@ from mammodetr.data.geometry import ImageTransform
 from mammodetr.data.preprocess import PrepareOptions, preprocess_image
 from mammodetr.data.records import LABELS, Conversion, ImageRecord, Problem, opaque_id
 
-__all__ = ["prepare_dataset", "write_json_atomic", "save_png16", "map_box", "STATE_FILE"]
+__all__ = ["prepare_dataset", "write_json_atomic", "save_png16", "encode_png16", "map_box", "STATE_FILE"]
 
 STATE_FILE = "prepare_state.json"
 ANNOTATIONS_FILE = "annotations.json"
@@ -53,15 +56,39 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def save_png16(pixels, path: Path, compress_level: int = 1) -> None:
-    """Save a (H, W) float image in [0, 1] as a 16-bit grayscale PNG (atomically)."""
-    from PIL import Image
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    arr = np.asarray(pixels, dtype=np.float32)
-    u16 = (np.clip(arr, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
+
+def encode_png16(u16: np.ndarray) -> bytes:
+    """Encode a (H, W) uint16 array as a 16-bit grayscale PNG.
+
+    Pillow's encoder spends most of a prepare step's time here; this one uses the PNG "Up" filter on every row
+    (mammograms are smooth from row to row) and zlib's run-length strategy, which is about 3x faster than
+    Pillow at compress level 1 and gives a slightly smaller file. Any PNG reader decodes it.
+    """
+    h, w = u16.shape
+    rows = np.ascontiguousarray(u16, dtype=">u2").view(np.uint8).reshape(h, 2 * w)
+    filtered = np.empty((h, 2 * w + 1), np.uint8)
+    filtered[:, 0] = 2  # filter type Up: byte minus the byte above (mod 256)
+    filtered[0, 0] = 0  # first row: no row above, filter None
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    comp = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    data = comp.compress(filtered.tobytes()) + comp.flush()
+    header = struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0)  # 16-bit, grayscale, deflate, adaptive, no interlace
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+
+
+def save_png16(pixels, path: Path) -> None:
+    """Save a (H, W) float image in [0, 1] as a 16-bit grayscale PNG (atomically: temp file + rename)."""
+    scaled = np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0)
+    scaled *= np.float32(65535.0)
+    scaled += np.float32(0.5)
+    u16 = scaled.astype(np.uint16)  # truncation after +0.5 = rounding
+    path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    # zlib level 1: files ~5 % larger than level 6 and several times faster to write.
-    Image.fromarray(u16).save(tmp, format="PNG", compress_level=compress_level)
+    tmp.write_bytes(encode_png16(u16))
     os.replace(tmp, path)
 
 
@@ -253,9 +280,20 @@ def prepare_dataset(
                 bar.update(1)
         else:
             chunksize = max(1, min(16, len(jobs) // (n_workers * 4)))
-            with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=_mp_context()) as pool:
-                for res in pool.map(_prepare_one, jobs, chunksize=chunksize):
-                    results[res["index"]] = res
+            try:
+                with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=_mp_context()) as pool:
+                    for res in pool.map(_prepare_one, jobs, chunksize=chunksize):
+                        results[res["index"]] = res
+                        bar.update(1)
+            except BrokenProcessPool:
+                # A worker died (e.g. a decoder crashed on a corrupt file): retry the unfinished images one per
+                # fresh process, so only the file that kills its process is lost.
+                for job in (j for j in jobs if j.index not in results):
+                    try:
+                        with ProcessPoolExecutor(max_workers=1, mp_context=_mp_context()) as single:
+                            results[job.index] = single.submit(_prepare_one, job).result()
+                    except BrokenProcessPool:
+                        results[job.index] = {"index": job.index, "error": "the worker process died reading it"}
                     bar.update(1)
     finally:
         bar.close()

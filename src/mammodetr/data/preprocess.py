@@ -49,7 +49,7 @@ class PrepareOptions:
     flip_to: Optional[str] = None
     side_source: str = "tag"
     max_side: Optional[int] = 2048
-    resize_filter: str = "lanczos"
+    resize_filter: str = "bicubic"
     allow_for_processing: bool = False
     frame: Optional[int] = None
     max_pixels: int = 100_000_000
@@ -190,8 +190,8 @@ def preprocess_pixels(
     if out_hw != transform.output_size_hw:
         transform = transform.resize(out_hw, options.resize_filter)
 
+    # read_image gives [0, 1] and the resize clips its overshoot to the input range, so no clip is needed here.
     prepared = transform.apply_image(pixels)
-    np.clip(prepared, 0.0, 1.0, out=prepared)
     return PreparedImage(
         pixels=prepared,
         transform=transform,

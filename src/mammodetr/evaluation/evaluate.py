@@ -455,8 +455,7 @@ def evaluate_split(
         from .predict import predict_prepared
         from .predictions import write_predictions
 
-        model, config = load_model(checkpoint)
-        model = model.to(device)
+        model, config = load_model(checkpoint, map_location=device)
         preds = predict_prepared(model, config, data_dir, [im.file_name for im in images],
                                  batch_size=batch_size, device=device)
         pred_path = write_predictions(out / "predictions.jsonl", list(preds.by_name.values()) + preds.errors)

@@ -74,6 +74,8 @@ def token_reshape_transform(input_hw: tuple[int, int], patch_sizes: Sequence[int
     h_in, w_in = input_hw
 
     def reshape(t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"the target layer returns {type(t).__name__}, not a tensor")
         if t.dim() == 4:
             return t
         if t.dim() != 3:
@@ -128,13 +130,14 @@ def gradcam(model: nn.Module, images: torch.Tensor, *, target_layer: str | None 
     try:
         with GradCAM(model=wrapper, target_layers=[layer],
                      reshape_transform=token_reshape_transform(tuple(images.shape[-2:]))) as cam:
-            got_grads = []
+            error = ""
             try:
                 maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)] * len(x))
-            except IndexError:
-                maps = None
+            except (IndexError, ValueError, TypeError, AttributeError) as e:  # what the package raises then
+                maps, error = None, f" ({type(e).__name__}: {e})"
             got_grads = list(cam.activations_and_grads.gradients)
-            logits = cam.outputs.detach().cpu().numpy() if cam.outputs is not None else None
+            outputs = getattr(cam, "outputs", None)
+            logits = outputs.detach().cpu().numpy() if isinstance(outputs, torch.Tensor) else None
     finally:
         probe.remove()
         for m, was in modes.items():  # the package calls model.eval(); restore every module's own mode
@@ -143,7 +146,7 @@ def gradcam(model: nn.Module, images: torch.Tensor, *, target_layer: str | None 
     if fired["forward"] == 0 or maps is None or not got_grads:
         msg = (f"Grad-CAM target layer {name!r}: forward hook fired {fired['forward']} times, "
                f"gradient hook {'fired' if got_grads else 'never fired'}; the layer is not on the path to "
-               f"image_logits")
+               f"image_logits{error}")
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
         raise RuntimeError(msg)
     return CamResult(np.asarray(maps, dtype=np.float32), logits, name)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mammodetr.training.distributed import DistInfo
+from mammodetr.training.rng import rng_state
 
 
 class NonFiniteLossError(RuntimeError):
@@ -56,12 +57,19 @@ def train_one_epoch(
     max_steps: int = 0,
     progress=None,
     on_bad_samples=None,
+    position: dict | None = None,
 ) -> dict[str, float]:
-    """Returns the epoch's mean of every named loss, plus images/s and the final learning rate."""
+    """Returns the epoch's mean of every named loss, plus images/s and the final learning rate.
+
+    ``position["batches"]`` (if given) counts the batches of this epoch whose optimizer step is done,
+    starting from its value on entry (a resumed epoch): the trainer saves it on Ctrl-C.
+    """
+    position = position if position is not None else {"batches": 0}
+    first = position["batches"]
     model.train()
     sums: dict[str, float] = defaultdict(float)
     steps, batches, images_seen, start = 0, 0, 0, time.perf_counter()
-    n_batches = len(loader) if not max_steps else min(len(loader), max_steps * accum_steps)
+    n_batches = len(loader) if not max_steps else max(min(len(loader), max_steps * accum_steps - first), 0)
     for i, (images, targets, bad) in enumerate(loader):
         if i >= n_batches:
             break
@@ -94,6 +102,10 @@ def train_one_epoch(
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             steps += 1
+            position["batches"] = first + i + 1
+            # RNG as of this step boundary: a Ctrl-C later in the epoch must not save dropout draws
+            # of batches whose step never happened, or the resumed run would diverge.
+            position["rng"] = rng_state()
         for k, v in losses.items():
             sums[k] += v.item()
         batches += 1

@@ -26,21 +26,26 @@ class BadSample:
 
 
 class EpochSampler(Sampler):
-    """Wraps a (distributed) sampler: yields ``(epoch, index)`` and reshuffles by ``set_epoch``."""
+    """Wraps a (distributed) sampler: yields ``(epoch, index)`` and reshuffles by ``set_epoch``.
+
+    ``skip`` drops the first samples of the epoch's order: a run resumed in the middle of an epoch
+    continues with exactly the samples it had not seen yet.
+    """
 
     def __init__(self, sampler: DistributedSampler) -> None:
         self.sampler = sampler
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
         self.sampler.set_epoch(epoch)
 
     def __iter__(self):
-        return ((self.epoch, i) for i in self.sampler)
+        return ((self.epoch, i) for n, i in enumerate(self.sampler) if n >= self.skip)
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return max(len(self.sampler) - self.skip, 0)
 
 
 class SafeDataset(Dataset):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -30,38 +29,11 @@ from mammodetr.training.distributed import (
 from mammodetr.training.engine import NonFiniteLossError, predict_loader, train_one_epoch
 from mammodetr.training.loader import build_loader
 from mammodetr.training.optim import build_optimizer, build_scheduler
+from mammodetr.training.rng import rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("mammodetr.train")
 
 HEADLINE = ("auc", "sensitivity", "specificity", "f1", "map50", "map25", "recall25", "iou")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "python": list(random.getstate()[1]),
-        "python_pos": random.getstate()[1][-1],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def monitor_score(monitor: str, metrics: dict, val_loss: float) -> float:
@@ -181,7 +153,7 @@ def _train(cfg: RunConfig, info: DistInfo, device: torch.device, *, resume: bool
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, t.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16" and device.type == "cuda")
 
-    start_epoch, best_score, best_epoch, bad_evals, history = 0, -math.inf, 0, 0, []
+    start_epoch, start_batch, best_score, best_epoch, bad_evals = 0, 0, -math.inf, 0, 0
     if resume:
         state = load_training_state(out / "checkpoints" / "last")
         from safetensors.torch import load_file
@@ -194,6 +166,7 @@ def _train(cfg: RunConfig, info: DistInfo, device: torch.device, *, resume: bool
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         start_epoch, best_score, best_epoch, bad_evals = state["epoch"], state["best_score"], state["best_epoch"], state["bad_evals"]
+        start_batch = int(state.get("batch_in_epoch", 0))
         if info.is_main:
             log.info("resumed %s at epoch %d (best %.4f at epoch %d)", out, start_epoch, best_score, best_epoch)
 
@@ -208,12 +181,13 @@ def _train(cfg: RunConfig, info: DistInfo, device: torch.device, *, resume: bool
     config_dict["data"]["prepare"] = _prepare_options(data.path)
     geometry = geometry_from_config(config_dict)
 
-    def training_state(epoch: int) -> dict:
+    def training_state(epoch: int, batch_in_epoch: int = 0, rng: dict | None = None) -> dict:
         return {
+            "batch_in_epoch": batch_in_epoch,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
-            "rng": rng_state(),
+            "rng": rng if rng is not None else rng_state(),
             "epoch": epoch,
             "best_score": best_score,
             "best_epoch": best_epoch,
@@ -221,17 +195,17 @@ def _train(cfg: RunConfig, info: DistInfo, device: torch.device, *, resume: bool
         }
 
     stopped, last_val, t0 = "completed", {}, time.perf_counter()
-    epoch = start_epoch
+    epoch, position = start_epoch, {"batches": 0}
     try:
         for epoch in range(start_epoch, t.epochs):
-            train_sampler.set_epoch(epoch)
-            bar = _progress(len(train_loader) if not t.max_steps_per_epoch else min(len(train_loader), t.max_steps_per_epoch * t.accum_steps),
-                            f"epoch {epoch + 1}/{t.epochs}", progress and info.is_main)
+            position = {"batches": start_batch if epoch == start_epoch else 0}
+            train_sampler.set_epoch(epoch, skip=position["batches"] * micro)
+            bar = _progress(len(train_loader), f"epoch {epoch + 1}/{t.epochs}", progress and info.is_main)
             stats = train_one_epoch(
                 train_model, criterion, train_loader, optimizer, scheduler, scaler, device=device, epoch=epoch,
                 accum_steps=t.accum_steps, grad_clip=cfg.optim.grad_clip, precision=t.precision,
                 channels_last=t.channels_last, info=info, max_steps=t.max_steps_per_epoch, progress=bar,
-                on_bad_samples=run_logger.bad_samples,
+                on_bad_samples=run_logger.bad_samples, position=position,
             )
             bar.close()
             record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
@@ -273,10 +247,11 @@ def _train(cfg: RunConfig, info: DistInfo, device: torch.device, *, resume: bool
     except KeyboardInterrupt:
         stopped = f"interrupted during epoch {epoch + 1}"
         if info.is_main:
-            # The interrupted epoch is not complete: 'last' keeps its current weights but records the
-            # previous epoch, so --resume repeats the interrupted epoch from its start.
-            save_checkpoint(out / "checkpoints" / "last", model, config_dict, meta={"epoch": epoch, "interrupted": True},
-                            training_state=training_state(epoch))
+            # Weights are those after the last completed optimizer step; the position in the epoch is
+            # saved with them, so --resume continues with the batches not yet seen.
+            save_checkpoint(out / "checkpoints" / "last", model, config_dict,
+                            meta={"epoch": epoch, "interrupted": True, "batch_in_epoch": position["batches"]},
+                            training_state=training_state(epoch, position["batches"], position.get("rng")))
             log.warning("interrupted: saved %s", out / "checkpoints" / "last")
     except NonFiniteLossError as exc:
         run_logger.close()
