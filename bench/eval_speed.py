@@ -28,8 +28,12 @@ def synthetic(n_images: int, k: int, seed: int = 0):
         c = rng.uniform(100, 900, (g, 2))
         half = rng.uniform(10, 80, (g, 2))
         gts.append(np.c_[c - half, c + half])
-        pc = (c[rng.integers(0, g, k)] if g else rng.uniform(100, 900, (k, 2))) + rng.normal(0, 30, (k, 2))
-        ph = rng.uniform(10, 80, (k, 2))
+        if g:  # predictions near the lesions, sizes within +-25%
+            j = rng.integers(0, g, k)
+            pc = c[j] + rng.normal(0, 8, (k, 2))
+            ph = half[j] * rng.uniform(0.8, 1.25, (k, 2))
+        else:
+            pc, ph = rng.uniform(100, 900, (k, 2)), rng.uniform(10, 80, (k, 2))
         preds.append(np.c_[pc - ph, pc + ph])
         scores.append(rng.random(k))
     y = np.array([int(len(g) > 0) for g in gts])

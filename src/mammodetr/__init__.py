@@ -1,23 +1,34 @@
-"""mammodetr: multi-task DETR for mammography (malignancy + lesion boxes from one model)."""
+"""mammodetr: multi-task DETR for mammography (malignancy + lesion boxes from one model).
 
-from mammodetr.models import (
-    HungarianMatcher,
-    LossConfig,
-    ModelConfig,
-    build_criterion,
-    build_model,
-    multi_scale_deformable_attention,
-    postprocess,
-)
+The public names are imported lazily, so ``import mammodetr.data`` (e.g. in prepare's worker processes)
+does not pay for importing torch and timm.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "HungarianMatcher",
-    "LossConfig",
-    "ModelConfig",
-    "build_criterion",
-    "build_model",
-    "multi_scale_deformable_attention",
-    "postprocess",
-]
+_EXPORTS = {
+    "ModelConfig": "mammodetr.models.config",
+    "LossConfig": "mammodetr.models.config",
+    "build_model": "mammodetr.models.detr",
+    "build_criterion": "mammodetr.models.criterion",
+    "HungarianMatcher": "mammodetr.models.matcher",
+    "multi_scale_deformable_attention": "mammodetr.models.deformable_attention",
+    "postprocess": "mammodetr.models.postprocess",
+    "load_model": "mammodetr.checkpoint",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mammodetr' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -115,12 +115,16 @@ def test_cache_gives_identical_images(prepared, tmp_path):
         assert torch.equal(again[i][0], first[i])
 
 
-def test_collate_and_workers_differ(prepared):
+def test_collate_and_augmentation_keyed_on_seed_epoch_index(prepared):
     ds = MammoDataset(prepared, None, image_size=S, augment="light", seed=0, cache=False)
     images, targets = collate([ds[0], ds[1], ds[2]])
     assert images.shape == (3, 1, S, S) and len(targets) == 3
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, [0, 0, 0, 0]), batch_size=1,
-                                         num_workers=2, collate_fn=collate)
-    batches = [b[0] for b in loader]
-    # batches 0 and 1 are the first item of worker 0 and of worker 1: same index, same dataset seed
-    assert not torch.equal(batches[0], batches[1])
+    # the same (seed, epoch, index) gives the same augmentation in any worker layout
+    in_process = [ds[i][0] for i in range(4)]
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, collate_fn=collate)
+    for a, (b, _) in zip(in_process, loader):
+        assert torch.equal(a, b[0])
+    ds.set_epoch(1)
+    assert not torch.equal(ds[0][0], in_process[0])  # a new epoch draws new augmentations
+    other_seed = MammoDataset(prepared, None, image_size=S, augment="light", seed=1, cache=False)
+    assert not torch.equal(other_seed[0][0], in_process[0])

@@ -77,3 +77,27 @@ def test_cli_evaluate(tmp_path, capsys):
     rc = main(["evaluate", "--data", str(data), "--predictions", str(tmp_path / "nope.jsonl"),
                "--out", str(tmp_path / "e2")])
     assert rc == 2
+
+
+def test_val_threshold_reported_beside_default(tmp_path):
+    from mammodetr.cli import main
+    from mammodetr.evaluation.classification import threshold_at_sensitivity
+
+    data = make_prepared_dataset(tmp_path / "ds", n_patients=12)
+    coco = json.loads((data / "annotations.json").read_text())
+    for im in coco["images"]:
+        im["split"] = "val" if int(im["patient_id"][1:]) % 2 else "test"
+    (data / "annotations.json").write_text(json.dumps(coco))
+    rows = ground_truth_predictions(data, np.random.default_rng(3))
+    preds = _write_jsonl(tmp_path / "all.jsonl", rows)
+    out = tmp_path / "e"
+    assert main(["evaluate", "--data", str(data), "--predictions", str(preds), "--out", str(out),
+                 "--bootstrap", "0", "--no-report", "--val-threshold-from", str(preds)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    val_names = {im["file_name"] for im in coco["images"] if im["split"] == "val"}
+    labels = {im["file_name"]: int(im["label"] == "malignant") for im in coco["images"]}
+    val = [r for r in rows if r["file_name"] in val_names]
+    expected = threshold_at_sensitivity([labels[r["file_name"]] for r in val], [r["p_malignant"] for r in val], 0.9)
+    v = m["operating_points"]["val_threshold"]
+    assert v["threshold"] == pytest.approx(expected) and "val split" in v["source"]
+    assert m["meta"]["threshold"] == 0.5 and m["meta"]["n_images"] == 24

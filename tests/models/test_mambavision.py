@@ -75,7 +75,8 @@ def test_state_dict_keys_and_shapes_equal_reference_list(model_t: MambaVision) -
 def test_strict_load_of_reference_shaped_state_dict(model_t: MambaVision) -> None:
     g = torch.Generator().manual_seed(0)
     state = {
-        k: torch.zeros(shape, dtype=torch.long) if k.endswith("num_batches_tracked") else torch.randn(shape, generator=g)
+        k: torch.zeros(shape, dtype=torch.long) if k.endswith("num_batches_tracked")
+        else torch.randn(shape, generator=g)
         for k, shape in read_key_list()
     }
     fresh = mambavision_t()
@@ -238,7 +239,10 @@ class NotAllowListed:
 
 def _perturbed_state(model: MambaVision) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return {k: v + torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    return {
+        k: v + torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+        for k, v in model.state_dict().items()
+    }
 
 
 def test_load_hub_style_safetensors(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (comparison.md, comparison.json)")
     parser.add_argument("--names", nargs="+", help="column names, one per run (default: folder names)")
     parser.add_argument("--reference", help="run name the DeLong tests compare against (default: the first)")
+    parser.add_argument("--bootstrap", type=int, default=2000,
+                        help="patient-bootstrap resamples for the AUC-difference interval (0 = off)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         runs = [load_run(p, (args.names or [None] * len(args.runs))[i]) for i, p in enumerate(args.runs)]
-        result = compare_runs(runs, args.reference)
+        result = compare_runs(runs, args.reference, n_bootstrap=args.bootstrap)
     except ValueError as e:
         print(f"error: {e}")
         return 2

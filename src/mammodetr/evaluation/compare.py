@@ -49,7 +49,7 @@ class RunMetrics:
     name: str
     path: Path
     metrics: dict
-    per_image: dict[str, tuple[int, float]] | None  # file_name -> (label, p_malignant)
+    per_image: dict[str, tuple[int, float, str]] | None  # file_name -> (label, p_malignant, patient_id)
 
 
 def _find_metrics(path: Path) -> Path:
@@ -82,7 +82,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunMetrics:
         for line in pi.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 r = json.loads(line)
-                per_image[r["file_name"]] = (int(r["label"]), float(r["p_malignant"]))
+                per_image[r["file_name"]] = (int(r["label"]), float(r["p_malignant"]), str(r.get("patient_id", "")))
     if name is None:
         name = mpath.parent.name if mpath.parent.name not in ("eval", "evaluation") else mpath.parent.parent.name
     return RunMetrics(name, mpath, metrics, per_image)
@@ -96,7 +96,8 @@ def _get(m: dict, keys: tuple[str, ...]):
     return m
 
 
-def compare_runs(runs: list[RunMetrics], reference: str | None = None) -> dict:
+def compare_runs(runs: list[RunMetrics], reference: str | None = None, *, n_bootstrap: int = 2000,
+                 seed: int = 0) -> dict:
     """Table values and DeLong tests of every run against the reference (default: the first run).
 
     Returns:
@@ -135,12 +136,12 @@ def compare_runs(runs: list[RunMetrics], reference: str | None = None) -> dict:
     for r in runs:
         if r.name == ref_name:
             continue
-        tests[r.name] = _paired_delong(ref, r)
+        tests[r.name] = _paired_delong(ref, r, n_bootstrap, seed)
     hashes = {r.name: _get(r.metrics, ("meta", "data_hash")) for r in runs}
     return {"runs": names, "reference": ref_name, "rows": rows, "delong": tests, "data_hash": hashes}
 
 
-def _paired_delong(ref: RunMetrics, other: RunMetrics) -> dict:
+def _paired_delong(ref: RunMetrics, other: RunMetrics, n_bootstrap: int = 2000, seed: int = 0) -> dict:
     if ref.per_image is None or other.per_image is None:
         return {"skipped": "per_image.jsonl missing (re-run `mammodetr evaluate`)"}
     if set(ref.per_image) != set(other.per_image):
@@ -160,6 +161,18 @@ def _paired_delong(ref: RunMetrics, other: RunMetrics) -> dict:
                             res["difference"] + 1.959963984540054 * res["se"]]
     res["n_images"] = len(names)
     res["note"] = "image-level paired DeLong; images of one patient are treated as independent"
+    if n_bootstrap > 0:
+        # Views of one patient are correlated; resampling whole patients gives an interval that respects it.
+        from .bootstrap import patient_weights, percentile_ci, weighted_auc
+
+        pids = [ref.per_image[n][2] or n for n in names]
+        w = patient_weights(pids, n_bootstrap, np.random.default_rng(seed), y_true=y)
+        diffs = weighted_auc(y, a, w) - weighted_auc(y, b, w)
+        lo, hi = percentile_ci(diffs)
+        frac_le0 = float(np.mean(diffs <= 0))
+        res["patient_bootstrap"] = {"n_resamples": n_bootstrap, "ci_difference": [lo, hi],
+                                    "se": float(np.std(diffs, ddof=1)),
+                                    "p_value": float(min(1.0, 2 * min(frac_le0, 1 - frac_le0 + np.mean(diffs == 0))))}
     return res
 
 
@@ -183,16 +196,22 @@ def comparison_markdown(result: dict) -> str:
     out += ["", "ECE: lower is better. IoU (top-1) is the one compared with the paper's IoU column.", ""]
     if result["delong"]:
         out += [f"## DeLong paired test of AUC against `{result['reference']}`", "",
-                "| Run | AUC run (%) | AUC ref (%) | Difference (%) | SE (%) | 95% CI of difference (%) | z | p |",
-                "|---|---:|---:|---:|---:|---|---:|---:|"]
+                "| Run | AUC run (%) | AUC ref (%) | Difference (%) | SE (%) | 95% CI of difference (%) | z | p | "
+                "patient-bootstrap 95% CI (%) | bootstrap p |",
+                "|---|---:|---:|---:|---:|---|---:|---:|---|---:|"]
         for name, t in result["delong"].items():
             if "skipped" in t:
                 out.append(f"| {name} | | | | | skipped: {t['skipped']} | | |")
                 continue
             lo, hi = t["ci_difference"]
+            pb = t.get("patient_bootstrap")
+            pb_s = (f"{fmt_pct(pb['ci_difference'][0])}, {fmt_pct(pb['ci_difference'][1])} | {pb['p_value']:.4g}"
+                    if pb else " | ")
             out.append(f"| {name} | {fmt_pct(t['auc_a'])} | {fmt_pct(t['auc_b'])} | {fmt_pct(t['difference'])} | "
-                       f"{fmt_pct(t['se'])} | {fmt_pct(lo)}, {fmt_pct(hi)} | {t['z']:.3f} | {t['p_value']:.4g} |")
-        out.append("")
+                       f"{fmt_pct(t['se'])} | {fmt_pct(lo)}, {fmt_pct(hi)} | {t['z']:.3f} | {t['p_value']:.4g} | "
+                       f"{pb_s} |")
+        out += ["", "DeLong treats images as independent; the patient-bootstrap interval of the difference keeps a "
+                "patient's views together (prefer it when patients contribute several views).", ""]
     hashes = {v for v in result.get("data_hash", {}).values() if v}
     if len(hashes) > 1:
         out += ["Note: the runs were evaluated on different dataset files (data_hash differs).", ""]

@@ -434,32 +434,37 @@ def evaluate_split(
     report: bool = True,
     n_gradcam: int = 4,
     device: str = "cpu",
+    model=None,
+    config: dict | None = None,
 ) -> EvaluationResult:
     """Score one split and write ``metrics.json``, ``per_image.jsonl`` and the report into ``out_dir``.
 
-    Exactly one of ``predictions_path`` / ``checkpoint`` is given; with a checkpoint the split is predicted
-    first (``predictions.jsonl`` is written too) and Grad-CAM localisation scores are added (``gradcam.json``).
+    Exactly one source is given: ``predictions_path``, ``checkpoint``, or an in-memory ``model`` with its
+    run ``config`` (as ``load_model`` returns them). With a model the split is predicted first
+    (``predictions.jsonl`` is written too) and Grad-CAM localisation scores are added (``gradcam.json``).
     """
-    if (predictions_path is None) == (checkpoint is None):
-        raise ValueError("give exactly one of a predictions file or a checkpoint")
+    if sum(x is not None for x in (predictions_path, checkpoint, model)) != 1:
+        raise ValueError("give exactly one of a predictions file, a checkpoint or a model")
+    if model is not None and config is None:
+        raise ValueError("a model needs its run config (config['data'] holds the input geometry)")
     options = options or EvaluationOptions()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images = load_split(data_dir, split)
     meta = {"split": split, "data_dir": str(data_dir),
             "data_hash": file_sha256(Path(data_dir) / "annotations.json")}
-    model = config = None
-    if checkpoint is not None:
-        from mammodetr.checkpoint import load_model
-
+    if checkpoint is not None or model is not None:
         from .predict import predict_prepared
         from .predictions import write_predictions
 
-        model, config = load_model(checkpoint, map_location=device)
+        if checkpoint is not None:
+            from mammodetr.checkpoint import load_model
+
+            model, config = load_model(checkpoint, map_location=device)
         preds = predict_prepared(model, config, data_dir, [im.file_name for im in images],
                                  batch_size=batch_size, device=device)
         pred_path = write_predictions(out / "predictions.jsonl", list(preds.by_name.values()) + preds.errors)
-        meta["checkpoint"] = str(checkpoint)
+        meta["checkpoint"] = str(checkpoint) if checkpoint is not None else "in-memory model"
         if options.max_dets is None:
             options.max_dets = int(config.get("model", {}).get("num_queries", 3))
     else:
@@ -477,9 +482,15 @@ def evaluate_split(
     if model is not None:
         from .gradcam import localisation_scores
 
-        loc = localisation_scores(model, config, data_dir, kept, device=device, n_overlays=n_gradcam)
+        try:
+            loc = localisation_scores(model, config, data_dir, kept, device=device, n_overlays=n_gradcam)
+        except (ValueError, RuntimeError) as e:  # e.g. a model without the default target layer
+            log.warning("Grad-CAM localisation skipped: %s", e)
+            loc = None
+            extra.append(f"## Grad-CAM localisation\n\nNot computed: {e}")
+    if model is not None and loc is not None:
         (out / "gradcam.json").write_text(json.dumps(to_jsonable(loc.summary), indent=2) + "\n", encoding="utf-8")
-        result.metrics["meta"]["gradcam"] = "gradcam.json"
+        result.metrics["meta"]["gradcam"] = {**loc.summary, "file": "gradcam.json"}
         gradcam_panels = loc.overlays
         s = loc.summary
         extra.append(f"## Grad-CAM localisation\n\nOver {s['n_images']} images with boxes: pointing-game hit "

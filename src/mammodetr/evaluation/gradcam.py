@@ -292,8 +292,9 @@ def gradcam_files(model: nn.Module, config: dict, inputs: Sequence[str | Path], 
                                          meta=loaded.meta)
             u16 = np.clip(prepared.pixels * 65535.0 + 0.5, 0, 65535).astype(np.uint16)
             x, _ = to_model_input(u16, geometry)
-        except (ValueError, OSError) as e:
-            records.append({"file_name": str(f), "error": str(e)})
+        except Exception as e:  # noqa: BLE001 - one bad file is reported and skipped, whatever the reader raised
+            msg = str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
+            records.append({"file_name": str(f), "error": msg if str(f) in msg else f"{f}: {msg}"})
             continue
         res = gradcam(model, x[None].to(device), target_layer=target_layer)
         cam = cam_to_image(res.cams[0], u16.shape, geometry.image_size, geometry.letterbox)

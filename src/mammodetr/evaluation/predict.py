@@ -150,7 +150,11 @@ def predict_files(
 
     files = collect_inputs(inputs)
     geometry = geometry_from_config(config)
-    options = PrepareOptions.from_dict(dict((config.get("data", {}) or {}).get("prepare", {}) or {}))
+    prepare = (config.get("data", {}) or {}).get("prepare")
+    if not prepare:
+        log.warning("the checkpoint config has no data.prepare; raw inputs get the default preparation, which "
+                    "may differ from the training data's")
+    options = PrepareOptions.from_dict(dict(prepare or {}))
     results: dict[int, Prediction | PredictionError] = {}
     pending: list[tuple[int, torch.Tensor, tuple[int, int], object, np.ndarray | None]] = []
 
@@ -184,8 +188,8 @@ def predict_files(
                                          meta=loaded.meta)
             u16 = np.clip(prepared.pixels * 65535.0 + 0.5, 0, 65535).astype(np.uint16)
             x, _ = to_model_input(u16, geometry)
-        except (ValueError, OSError, RuntimeError) as e:
-            msg = str(e)
+        except Exception as e:  # noqa: BLE001 - one bad file is reported and skipped, whatever the reader raised
+            msg = str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
             results[i] = PredictionError(str(f), msg if str(f) in msg else f"{f}: {msg}")
             log.warning("%s", results[i].error)
             continue

@@ -29,7 +29,6 @@ from mammodetr.models.selective_scan import selective_scan
 from mammodetr.models.weights import (
     HubUnavailableError,
     LoadReport,
-    WeightsError,
     load_state_dict_checked,
     read_state_dict,
     strip_prefixes,
@@ -198,7 +197,9 @@ class Mlp(nn.Module):
 class HybridBlock(nn.Module):
     """Pre-norm transformer block whose ``mixer`` is either self-attention or the Mamba mixer."""
 
-    def __init__(self, dim: int, num_heads: int, use_attention: bool, mlp_ratio: float = 4.0, drop_path: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, use_attention: bool, mlp_ratio: float = 4.0, drop_path: float = 0.0
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.mixer: nn.Module = Attention(dim, num_heads) if use_attention else MambaVisionMixer(dim)

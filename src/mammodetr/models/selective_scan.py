@@ -41,14 +41,18 @@ def _prepare(
     delta_softplus: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
     if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(f"u and delta must both be (batch, channels, length); got {tuple(u.shape)}, {tuple(delta.shape)}")
+        raise ValueError(
+            f"u and delta must both be (batch, channels, length); got {tuple(u.shape)}, {tuple(delta.shape)}"
+        )
     batch, channels, length = u.shape
     if A.dim() != 2 or A.shape[0] != channels:
         raise ValueError(f"A must be (channels={channels}, d_state); got {tuple(A.shape)}")
     d_state = A.shape[1]
     for name, t in (("B", B), ("C", C)):
         if tuple(t.shape) != (batch, d_state, length):
-            raise ValueError(f"{name} must be (batch, d_state, length) = {(batch, d_state, length)}; got {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must be (batch, d_state, length) = {(batch, d_state, length)}; got {tuple(t.shape)}"
+            )
     dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
     delta = delta.to(dtype)
     if delta_bias is not None:

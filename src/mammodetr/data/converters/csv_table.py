@@ -38,11 +38,12 @@ def _parse_box(row: dict, where: str, problems: list[Problem]) -> list[float] | 
         return None
 
 
-def convert(input_path: Path, **_options) -> Conversion:
+def convert(input_path: Path, *, images_dir: str | Path | None = None, **_options) -> Conversion:
     """Read a CSV in the generic schema.
 
     Args:
         input_path: the CSV file.
+        images_dir: folder the relative ``image_path`` values start from (default: the CSV's folder).
 
     Raises:
         ValueError: the file is missing or lacks a required column.
@@ -50,7 +51,7 @@ def convert(input_path: Path, **_options) -> Conversion:
     path = Path(input_path)
     if not path.is_file():
         raise ValueError(f"{path}: CSV table not found")
-    root = path.parent
+    root = Path(images_dir) if images_dir else path.parent
     problems: list[Problem] = []
     groups: dict[str, dict] = {}
     with open(path, newline="", encoding="utf-8-sig") as fh:

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Paper configuration, MambaVision-Tiny (weights: NVIDIA Source Code License-NC, non-commercial):
+# 512x512, global batch 32, AdamW lr 1e-4, up to 400 epochs, early stopping patience 150,
+# 3 queries, focal image loss, lambda bbox/GIoU/obj = 5/2/1, ImageNet-pretrained backbone from the hub.
+# usage: recipes/mambavision_t.sh DATASET [RUN_DIR] [extra flags]     2 GPUs: NPROC=2 recipes/mambavision_t.sh ...
+# On a GPU with less memory: add --accum-steps 2 (or 4); the global batch stays 32.
+RECIPE_NAME=mambavision_t
+RECIPE_FLAGS=(--backbone mambavision_t --pretrained hub --image-size 512 --batch-size 32 --lr 1e-4 --epochs 400
+              --patience 150 --precision bf16 --channels-last --workers 8)
+source "$(dirname "$0")/_launch.sh"
