@@ -79,10 +79,25 @@ def backbone_rows(size: int, repeats: int, device: torch.device) -> list[dict]:
     for _ in tqdm(range(repeats), desc="rounds"):
         for i, (_, run) in enumerate(runners):
             times[i].append(time_call(run, device, repeats=1, warmup=0)["median_ms"])
-    return [
+    rows = [
         {**meta, "median_ms": statistics.median(t), "min_ms": min(t), "repeats": repeats, "times_ms": t}
         for (meta, _), t in zip(runners, times)
     ]
+    if device.type == "cpu":
+        # Load-independent yardstick: the process's CPU time with one thread (no barrier waits, no
+        # spinning), i.e. the work each backbone needs, whatever else the machine is running.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        cpu_times: list[list[float]] = [[] for _ in runners]
+        for _ in tqdm(range(max(2, repeats // 3)), desc="1-thread CPU time"):
+            for i, (_, run) in enumerate(runners):
+                t0 = time.process_time()
+                run()
+                cpu_times[i].append((time.process_time() - t0) * 1000.0)
+        torch.set_num_threads(threads)
+        for row, t in zip(rows, cpu_times):
+            row["cpu_ms_1thread_min"] = min(t)
+    return rows
 
 
 def scan_rows(repeats: int, device: torch.device) -> list[dict]:
@@ -142,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         p: min(times("mambavision_t", "windows 32/16", p)) / min(times("convnextv2_tiny", "", p))
         for p in ("fp32", "bf16")
     }
+    ratios_cpu = {
+        p: next(r["cpu_ms_1thread_min"] for r in rows if r["note"].startswith("windows 32/16") and r["precision"] == p)
+        / next(r["cpu_ms_1thread_min"] for r in rows if r["backbone"] == "convnextv2_tiny" and r["precision"] == p)
+        for p in ("fp32", "bf16")
+    } if device.type == "cpu" else {}
     result = {
         "benchmark": "mambavision_speed",
         "input": f"1x3x{args.size}x{args.size}",
@@ -154,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1_5_15min_at_end": list(os.getloadavg()),
         "ratio_mambavision_to_convnextv2_min": ratios_min,
         "ratio_mambavision_to_convnextv2_median_paired": ratios,
+        "ratio_mambavision_to_convnextv2_cpu_time_1thread": ratios_cpu,
         "target_ratio": 2.0,
         "meets_target": all(r <= 2.0 for r in ratios_min.values()),
     }
@@ -161,10 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2))
 
     print(f"\nBackbone latency, input {result['input']}, {args.threads} threads, {device}, median of {args.repeats}")
-    print("| backbone | windows | precision | median ms | min ms |")
-    print("|---|---|---|---:|---:|")
+    print("| backbone | windows | precision | median ms | min ms | 1-thread CPU ms |")
+    print("|---|---|---|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['backbone']} | {r['note']} | {r['precision']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} |")
+        cpu = f"{r['cpu_ms_1thread_min']:.1f}" if "cpu_ms_1thread_min" in r else "-"
+        print(f"| {r['backbone']} | {r['note']} | {r['precision']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {cpu} |")
     print("\n| selective scan | impl | median ms | min ms |")
     print("|---|---|---:|---:|")
     for r in scans:
@@ -173,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{p} {v:.2f}x" for p, v in ratios_min.items())
           + f" (target <= 2.0x: {'met' if result['meets_target'] else 'NOT met'}); median of per-round ratios: "
           + ", ".join(f"{p} {v:.2f}x" for p, v in ratios.items())
+          + (("; 1-thread CPU time ratio: " + ", ".join(f"{p} {v:.2f}x" for p, v in ratios_cpu.items()))
+             if ratios_cpu else "")
           + f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"wrote {args.out}")
     return 0

@@ -28,18 +28,21 @@ from pathlib import Path
 BACKBONES = ["resnet50", "convnextv2_tiny", "mambavision_t", "dinov3_vitb16"]
 
 
-def _timed(fn, iters: int, warmup: int) -> float:
+def _timed(fn, iters: int, warmup: int, sync=lambda: None) -> float:
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(iters):
         t = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
-def measure_one(backbone: str, precision: str, size: int, iters: int, warmup: int, threads: int) -> dict:
+def measure_one(backbone: str, precision: str, size: int, iters: int, warmup: int, threads: int,
+                device: str = "cpu", infer_batch: int = 1, train_batch: int = 2) -> dict:
     import torch
     from torch import nn
 
@@ -47,7 +50,9 @@ def measure_one(backbone: str, precision: str, size: int, iters: int, warmup: in
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone=backbone, pretrained="none", dropout=0.0))
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    model = build_model(ModelConfig(backbone=backbone, pretrained="none", dropout=0.0)).to(dev)
     criterion = build_criterion(LossConfig(), num_aux=model.decoder.layers.__len__() - 1)
     backbone_mod = model.backbone
 
@@ -62,16 +67,17 @@ def measure_one(backbone: str, precision: str, size: int, iters: int, warmup: in
         def forward(self, x):
             return self.fc(self.backbone(x)[-1].mean((-2, -1)))
 
-    classifier = Classifier()
-    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
-    x1 = torch.rand(1, 1, size, size)
-    x2 = torch.rand(2, 1, size, size)
+    classifier = Classifier().to(dev)
+    amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    x1 = torch.rand(infer_batch, 1, size, size, device=dev)
+    x2 = torch.rand(train_batch, 1, size, size, device=dev)
     x1n, x2n = model.normalize(x1), model.normalize(x2)
     targets = [
-        {"boxes": torch.tensor([[0.4, 0.4, 0.1, 0.1]]), "label": torch.tensor(1)},
-        {"boxes": torch.zeros(0, 4), "label": torch.tensor(0)},
+        {"boxes": torch.tensor([[0.4, 0.4, 0.1, 0.1]], device=dev) if i % 2 == 0 else torch.zeros(0, 4, device=dev),
+         "label": torch.tensor(1 - i % 2, device=dev)}
+        for i in range(train_batch)
     ]
-    labels = torch.tensor([1, 0])
+    labels = torch.tensor([1 - i % 2 for i in range(train_batch)], device=dev)
 
     model.eval()
     with torch.inference_mode():
@@ -83,8 +89,8 @@ def measure_one(backbone: str, precision: str, size: int, iters: int, warmup: in
             with amp():
                 model(x1)
 
-        t_backbone = _timed(run_backbone, iters, warmup)
-        t_full = _timed(run_full, iters, warmup)
+        t_backbone = _timed(run_backbone, iters, warmup, sync)
+        t_full = _timed(run_full, iters, warmup, sync)
 
     model.train()
     opt_full = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -104,15 +110,19 @@ def measure_one(backbone: str, precision: str, size: int, iters: int, warmup: in
         loss.backward()
         opt_cls.step()
 
-    t_train_full = _timed(step_full, iters, warmup)
-    t_train_cls = _timed(step_cls, iters, warmup)
+    t_train_full = _timed(step_full, iters, warmup, sync)
+    t_train_cls = _timed(step_cls, iters, warmup, sync)
     n_backbone = sum(p.numel() for p in backbone_mod.parameters())
     n_total = sum(p.numel() for p in model.parameters())
     return {
         "backbone": backbone,
         "precision": precision,
         "size": size,
+        "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
         "threads": threads,
+        "infer_batch": infer_batch,
+        "train_batch": train_batch,
+        "train_images_per_s": train_batch / t_train_full,
         "params_backbone_m": n_backbone / 1e6,
         "params_heads_m": (n_total - n_backbone) / 1e6,
         "infer_backbone_s": t_backbone,
@@ -122,6 +132,7 @@ def measure_one(backbone: str, precision: str, size: int, iters: int, warmup: in
         "train_full_s": t_train_full,
         "train_ratio": t_train_full / t_train_cls,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None,
     }
 
 
@@ -133,12 +144,16 @@ def main() -> int:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--infer-batch", type=int, default=1)
+    p.add_argument("--train-batch", type=int, default=2)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "model_speed.json"))
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.one:  # child process: one configuration, JSON on stdout
-        print(json.dumps(measure_one(args.backbones[0], args.precisions[0], args.size, args.iters, args.warmup, args.threads)))
+        print(json.dumps(measure_one(args.backbones[0], args.precisions[0], args.size, args.iters, args.warmup,
+                                     args.threads, args.device, args.infer_batch, args.train_batch)))
         return 0
 
     rows = []
@@ -146,7 +161,8 @@ def main() -> int:
         for precision in args.precisions:
             cmd = [sys.executable, __file__, "--one", "--backbones", backbone, "--precisions", precision,
                    "--size", str(args.size), "--iters", str(args.iters), "--warmup", str(args.warmup),
-                   "--threads", str(args.threads)]
+                   "--threads", str(args.threads), "--device", args.device, "--infer-batch", str(args.infer_batch),
+                   "--train-batch", str(args.train_batch)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{backbone} {precision}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -157,7 +173,7 @@ def main() -> int:
             print(f"  done {backbone:16s} {precision}: full/backbone {r['infer_ratio']:.3f}, train {r['train_ratio']:.3f}", file=sys.stderr)
 
     header = (f"{'backbone':16s} {'prec':5s} {'params bb/heads (M)':>19s} {'bb infer s':>10s} {'full infer s':>12s} "
-              f"{'ratio':>6s} {'cls step s':>10s} {'full step s':>11s} {'ratio':>6s} {'peak MB':>8s}")
+              f"{'ratio':>6s} {'cls step s':>10s} {'full step s':>11s} {'ratio':>6s} {'train img/s':>11s} {'peak MB':>8s}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -166,7 +182,8 @@ def main() -> int:
             continue
         print(f"{r['backbone']:16s} {r['precision']:5s} {r['params_backbone_m']:9.1f}/{r['params_heads_m']:<9.2f} "
               f"{r['infer_backbone_s']:10.3f} {r['infer_full_s']:12.3f} {r['infer_ratio']:6.3f} "
-              f"{r['train_classifier_s']:10.3f} {r['train_full_s']:11.3f} {r['train_ratio']:6.3f} {r['peak_rss_mb']:8.0f}")
+              f"{r['train_classifier_s']:10.3f} {r['train_full_s']:11.3f} {r['train_ratio']:6.3f} "
+              f"{r['train_images_per_s']:11.1f} {(r['peak_gpu_mb'] or r['peak_rss_mb']):8.0f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"command": " ".join(["python", "bench/model_speed.py", *sys.argv[1:]]), "machine": platform.processor() or platform.machine(),

@@ -274,28 +274,20 @@ def gradcam_files(model: nn.Module, config: dict, inputs: Sequence[str | Path], 
     """
     from PIL import Image
 
-    from mammodetr.data.io import read_image
-    from mammodetr.data.preprocess import PrepareOptions, preprocess_pixels
-
-    from .predict import collect_inputs, geometry_from_config, to_model_input
+    from .predict import collect_inputs, geometry_from_config, load_raw_input, prepare_options_from_config
 
     geometry = geometry_from_config(config)
-    options = PrepareOptions.from_dict(dict((config.get("data", {}) or {}).get("prepare", {}) or {}))
+    options = prepare_options_from_config(config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for f in collect_inputs(inputs):
         try:
-            loaded = read_image(f, frame=options.frame, allow_for_processing=options.allow_for_processing,
-                                max_pixels=options.max_pixels)
-            prepared = preprocess_pixels(loaded.pixels, options, laterality=loaded.laterality, view=loaded.view,
-                                         meta=loaded.meta)
-            u16 = np.clip(prepared.pixels * 65535.0 + 0.5, 0, 65535).astype(np.uint16)
-            x, _ = to_model_input(u16, geometry)
-        except Exception as e:  # noqa: BLE001 - one bad file is reported and skipped, whatever the reader raised
-            msg = str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
-            records.append({"file_name": str(f), "error": msg if str(f) in msg else f"{f}: {msg}"})
+            raw = load_raw_input(f, options, geometry)
+        except ValueError as e:
+            records.append({"file_name": str(f), "error": str(e)})
             continue
+        x, u16, prepared = raw.image, raw.pixels_u16, raw.prepared
         res = gradcam(model, x[None].to(device), target_layer=target_layer)
         cam = cam_to_image(res.cams[0], u16.shape, geometry.image_size, geometry.letterbox)
         p = float(torch.softmax(torch.as_tensor(res.logits[0]), 0)[1]) if res.logits.shape[1] > 1 else \

@@ -109,6 +109,48 @@ def outputs_to_predictions(outputs: dict, image_hw: Sequence[tuple[int, int]], g
     return preds
 
 
+@dataclass
+class RawInput:
+    """A raw file after the checkpoint's preprocessing: what ``predict`` and ``gradcam`` feed the model."""
+
+    image: torch.Tensor  # (1, S, S) model input
+    pixels_u16: np.ndarray  # prepared image, 16-bit
+    prepared: object  # PreparedImage (pixels, transform original->prepared, ...)
+    original: np.ndarray  # the file's own pixels, float in [0, 1] (for overlays)
+
+
+def prepare_options_from_config(config: dict):
+    from mammodetr.data.preprocess import PrepareOptions
+
+    prepare = (config.get("data", {}) or {}).get("prepare")
+    if not prepare:
+        log.warning("the checkpoint config has no data.prepare; raw inputs get the default preparation, which "
+                    "may differ from the training data's")
+    return PrepareOptions.from_dict(dict(prepare or {}))
+
+
+def load_raw_input(path: Path, options, geometry: ModelGeometry) -> RawInput:
+    """Read a raw DICOM/PNG/TIFF and apply the training preprocessing (crop, flip, cap) and model resize.
+
+    Raises:
+        ValueError: naming the file, whatever the reader raised.
+    """
+    from mammodetr.data.io import read_image
+    from mammodetr.data.preprocess import preprocess_pixels
+
+    try:
+        loaded = read_image(path, frame=options.frame, allow_for_processing=options.allow_for_processing,
+                            max_pixels=options.max_pixels)
+        prepared = preprocess_pixels(loaded.pixels, options, laterality=loaded.laterality, view=loaded.view,
+                                     meta=loaded.meta)
+        u16 = np.clip(prepared.pixels * 65535.0 + 0.5, 0, 65535).astype(np.uint16)
+        x, _ = to_model_input(u16, geometry)
+    except Exception as e:  # noqa: BLE001 - one bad file is reported and skipped, whatever the reader raised
+        msg = str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
+        raise ValueError(msg if str(path) in msg else f"{path}: {msg}") from e
+    return RawInput(x, u16, prepared, loaded.pixels)
+
+
 @torch.no_grad()
 def _forward(model: torch.nn.Module, batch: list[torch.Tensor], device: str) -> dict:
     was_training = model.training
@@ -145,16 +187,9 @@ def predict_files(
     """
     from tqdm import tqdm
 
-    from mammodetr.data.io import read_image
-    from mammodetr.data.preprocess import PrepareOptions, preprocess_pixels
-
     files = collect_inputs(inputs)
     geometry = geometry_from_config(config)
-    prepare = (config.get("data", {}) or {}).get("prepare")
-    if not prepare:
-        log.warning("the checkpoint config has no data.prepare; raw inputs get the default preparation, which "
-                    "may differ from the training data's")
-    options = PrepareOptions.from_dict(dict(prepare or {}))
+    options = prepare_options_from_config(config)
     results: dict[int, Prediction | PredictionError] = {}
     pending: list[tuple[int, torch.Tensor, tuple[int, int], object, np.ndarray | None]] = []
 
@@ -182,19 +217,13 @@ def predict_files(
 
     for i, f in enumerate(tqdm(files, desc="predict", unit="img", disable=not progress)):
         try:
-            loaded = read_image(f, frame=options.frame, allow_for_processing=options.allow_for_processing,
-                                max_pixels=options.max_pixels)
-            prepared = preprocess_pixels(loaded.pixels, options, laterality=loaded.laterality, view=loaded.view,
-                                         meta=loaded.meta)
-            u16 = np.clip(prepared.pixels * 65535.0 + 0.5, 0, 65535).astype(np.uint16)
-            x, _ = to_model_input(u16, geometry)
-        except Exception as e:  # noqa: BLE001 - one bad file is reported and skipped, whatever the reader raised
-            msg = str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
-            results[i] = PredictionError(str(f), msg if str(f) in msg else f"{f}: {msg}")
+            raw = load_raw_input(f, options, geometry)
+        except ValueError as e:
+            results[i] = PredictionError(str(f), str(e))
             log.warning("%s", results[i].error)
             continue
-        pending.append((i, x, u16.shape, prepared.transform,
-                        loaded.pixels if overlay_dir is not None else None))
+        x, u16, prepared = raw.image, raw.pixels_u16, raw.prepared
+        pending.append((i, x, u16.shape, prepared.transform, raw.original if overlay_dir is not None else None))
         if len(pending) >= batch_size:
             flush()
     flush()
