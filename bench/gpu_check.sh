@@ -18,4 +18,4 @@ done
 echo "== evaluate on cuda"
 python3 -m mammodetr evaluate --data "$W/ds" --split test --checkpoint "$W/run_bf16" --out "$W/eval" --device cuda --bootstrap 200 2>&1 | tail -3
 echo "== model speed on cuda"
-python3 bench/model_speed.py --device cuda --precisions fp32 bf16 --iters 10 --warmup 3 --train-batch 16 --out "$RESULTS/model_speed_cuda.json"
+python3 bench/model_speed.py --device cuda --precisions fp32 bf16 --iters 5 --warmup 2 --train-batch 16 --out "$RESULTS/model_speed_cuda.json"

@@ -5,6 +5,7 @@ from mammodetr.models.config import LossConfig, ModelConfig
 from mammodetr.models.criterion import SetCriterion, build_criterion
 from mammodetr.models.deformable_attention import MultiScaleDeformableAttention, multi_scale_deformable_attention
 from mammodetr.models.detr import MultiTaskDETR, build_model
+from mammodetr.models.mambavision import MambaVision, mambavision_t
 from mammodetr.models.matcher import HungarianMatcher
 from mammodetr.models.postprocess import postprocess
 
@@ -12,6 +13,7 @@ __all__ = [
     "Backbone",
     "HungarianMatcher",
     "LossConfig",
+    "MambaVision",
     "ModelConfig",
     "MultiScaleDeformableAttention",
     "MultiTaskDETR",
@@ -19,6 +21,7 @@ __all__ = [
     "build_backbone",
     "build_criterion",
     "build_model",
+    "mambavision_t",
     "multi_scale_deformable_attention",
     "postprocess",
 ]
