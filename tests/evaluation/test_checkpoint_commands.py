@@ -79,3 +79,18 @@ def test_predict_and_gradcam_commands_on_png_files(checkpoint, tmp_path):
     assert main(["gradcam", "--checkpoint", str(checkpoint), str(imgs / "img0.png"), "--out",
                  str(tmp_path / "cam")]) == 0
     assert (tmp_path / "cam" / "img0_gradcam.png").is_file()
+
+
+def test_evaluate_without_grad_cam_package_still_scores(checkpoint, tmp_path, monkeypatch):
+    import sys
+
+    from mammodetr.cli import main
+
+    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # as on a machine without the gradcam extra
+    data = make_prepared_dataset(tmp_path / "ds", n_patients=2, size_hw=(80, 60))
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--data", str(data), "--checkpoint", str(checkpoint), "--out", str(out),
+                 "--bootstrap", "20", "--batch-size", "4"]) == 0
+    assert "auc" in json.loads((out / "metrics.json").read_text())
+    assert not (out / "gradcam.json").exists()
+    assert "mammodetr[gradcam]" in (out / "report.md").read_text()

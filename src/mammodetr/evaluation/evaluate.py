@@ -484,6 +484,11 @@ def evaluate_split(
 
         try:
             loc = localisation_scores(model, config, data_dir, kept, device=device, n_overlays=n_gradcam)
+        except ImportError as e:  # the metrics do not need Grad-CAM; say how to get it
+            e = RuntimeError(f"the grad-cam package is not installed (pip install 'mammodetr[gradcam]'): {e}")
+            log.warning("Grad-CAM localisation skipped: %s", e)
+            loc = None
+            extra.append(f"## Grad-CAM localisation\n\nNot computed: {e}")
         except (ValueError, RuntimeError) as e:  # e.g. a model without the default target layer
             log.warning("Grad-CAM localisation skipped: %s", e)
             loc = None
