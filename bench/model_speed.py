@@ -1,7 +1,8 @@
 """Model speed and memory on this CPU: backbone-only vs full multi-task DETR, inference and training.
 
 For each backbone at 512x512 (batch 1 for inference, batch 2 for a training step), fp32 and bf16 autocast:
-  - backbone-only latency, full-model latency and their ratio (target <= 1.10);
+  - backbone-only latency, full-model latency and their ratio (target <= 1.10), measured alternately so
+    that load changes on a shared machine affect both; ratios are medians of per-round ratios;
   - training step of the full model (DETR losses) vs backbone + GAP + linear classifier (target <= 1.25);
   - parameter counts and peak resident memory.
 Each (backbone, precision) runs in its own subprocess so peak memory is that configuration's alone.
@@ -28,17 +29,21 @@ from pathlib import Path
 BACKBONES = ["resnet50", "convnextv2_tiny", "mambavision_t", "dinov3_vitb16"]
 
 
-def _timed(fn, iters: int, warmup: int, sync=lambda: None) -> float:
+def _timed_pair(fn_a, fn_b, iters: int, warmup: int, sync=lambda: None) -> tuple[float, float, float]:
+    """Alternate a and b, so load changes on a shared machine hit both; returns the medians of a, of b and
+    of the per-round ratio b / a (the ratio is what the targets are about)."""
     for _ in range(warmup):
-        fn()
-    sync()
-    times = []
+        fn_a()
+        fn_b()
+    ta, tb = [], []
     for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for fn, times in ((fn_a, ta), (fn_b, tb)):
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t)
+    return statistics.median(ta), statistics.median(tb), statistics.median(b / a for a, b in zip(ta, tb))
 
 
 def measure_one(backbone: str, precision: str, size: int, iters: int, warmup: int, threads: int,
@@ -89,8 +94,7 @@ def measure_one(backbone: str, precision: str, size: int, iters: int, warmup: in
             with amp():
                 model(x1)
 
-        t_backbone = _timed(run_backbone, iters, warmup, sync)
-        t_full = _timed(run_full, iters, warmup, sync)
+        t_backbone, t_full, infer_ratio = _timed_pair(run_backbone, run_full, iters, warmup, sync)
 
     model.train()
     opt_full = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -110,8 +114,7 @@ def measure_one(backbone: str, precision: str, size: int, iters: int, warmup: in
         loss.backward()
         opt_cls.step()
 
-    t_train_full = _timed(step_full, iters, warmup, sync)
-    t_train_cls = _timed(step_cls, iters, warmup, sync)
+    t_train_cls, t_train_full, train_ratio = _timed_pair(step_cls, step_full, iters, warmup, sync)
     n_backbone = sum(p.numel() for p in backbone_mod.parameters())
     n_total = sum(p.numel() for p in model.parameters())
     return {
@@ -127,10 +130,10 @@ def measure_one(backbone: str, precision: str, size: int, iters: int, warmup: in
         "params_heads_m": (n_total - n_backbone) / 1e6,
         "infer_backbone_s": t_backbone,
         "infer_full_s": t_full,
-        "infer_ratio": t_full / t_backbone,
+        "infer_ratio": infer_ratio,
         "train_classifier_s": t_train_cls,
         "train_full_s": t_train_full,
-        "train_ratio": t_train_full / t_train_cls,
+        "train_ratio": train_ratio,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None,
     }

@@ -116,3 +116,11 @@ def test_split_dataset_writes_annotations(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write leaves no temporary file
     with pytest.raises(ValueError, match="run `mammodetr prepare` first"):
         split_dataset(tmp_path / "nowhere")
+
+
+def test_assignment_does_not_depend_on_the_salted_ids():
+    images = _images()
+    for i, img in enumerate(images):
+        img["source"] = f"raw/{img['patient_id']}_{i}.dcm"
+    resalted = [{**img, "patient_id": "p_" + str(hash(("new-salt", img["patient_id"])) % 10**12)} for img in images]
+    assert assign_splits(images, seed=5)[0] == assign_splits(resalted, seed=5)[0]

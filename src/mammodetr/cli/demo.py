@@ -27,7 +27,7 @@ DEMO_MODEL = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
     p.add_argument("--patients", type=int, default=150, help="synthetic patients, 4 views each")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--backbone", default=DEMO_MODEL["backbone"])

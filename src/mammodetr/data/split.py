@@ -107,7 +107,12 @@ def assign_splits(images: Sequence[dict], fractions: Sequence[float] = (0.7, 0.1
 
     assignment: dict[str, str] = {}
     free: list[str] = []
-    for pid in sorted(by_patient):
+    # Patients ordered by their source files, not by id: ids are salted hashes, and the split must neither
+    # change when the same source is prepared again with a new salt nor depend on the order of the records.
+    def source_key(pid: str) -> tuple[str, str]:
+        return min(str(img.get("source") or "") for img in by_patient[pid]), pid
+
+    for pid in sorted(by_patient, key=source_key):
         s = official[pid]
         if has_official_test and "test" in s:
             assignment[pid] = "test"

@@ -76,7 +76,10 @@ class MultiTaskDETR(nn.Module):
         memory_maps = [ctx(p) for ctx, p in zip(self.context, projected)]
         spatial_shapes = torch.tensor([m.shape[-2:] for m in memory_maps], dtype=torch.long, device=images.device)
         memory = torch.cat([m.flatten(2).transpose(1, 2) for m in memory_maps], dim=1)
-        boxes, obj_logits = self.decoder(memory, spatial_shapes)
+        # The decoder works on K = 3 queries: its cost is per-op overhead, not arithmetic, so under autocast it
+        # runs in float32 (no per-call weight casts, and box regression keeps full precision).
+        with torch.autocast(device_type=memory.device.type, enabled=False):
+            boxes, obj_logits = self.decoder(memory.float(), spatial_shapes)
         out = {"image_logits": image_logits, "pred_boxes": boxes[-1], "pred_obj_logits": obj_logits[-1]}
         out["aux_outputs"] = (
             [{"pred_boxes": b, "pred_obj_logits": o} for b, o in zip(boxes[:-1], obj_logits[:-1])] if self.aux_loss else []
