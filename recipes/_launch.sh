@@ -9,7 +9,7 @@ out=${1:-runs/$(basename "${RECIPE_NAME:-run}")}
 [ $# -gt 0 ] && shift
 args=(train --data "$data" --out "$out" "${RECIPE_FLAGS[@]}" "$@")
 if [ "${NPROC:-1}" -gt 1 ] || [ "${NNODES:-1}" -gt 1 ]; then
-  exec torchrun --nproc_per_node="${NPROC:-1}" --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
+  exec "${TORCHRUN:-torchrun}" --nproc_per_node="${NPROC:-1}" --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
     --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-29500}" -m mammodetr "${args[@]}"
 fi
-exec python -m mammodetr "${args[@]}"
+exec "${PYTHON:-python3}" -m mammodetr "${args[@]}"
