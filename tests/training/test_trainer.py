@@ -144,3 +144,19 @@ def test_failed_rename_leaves_a_loadable_checkpoint(tiny_dataset, tmp_path, monk
     assert found.name == "last.old"
     reloaded, _ = load_model(run / "checkpoints" / "last")
     _assert_same(before, {k: v for k, v in reloaded.state_dict().items() if k in before})
+
+
+def test_unreadable_image_is_reported_and_skipped(tiny_dataset, tmp_path):
+    import shutil
+
+    data = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, data, ignore=shutil.ignore_patterns("cache"))
+    images = json.loads((data / "annotations.json").read_text())["images"]
+    bad = next(im for im in images if im["split"] == "train")
+    (data / bad["file_name"]).write_bytes(b"not a png")
+    run = tmp_path / "run"
+    assert _train(data, run, "--epochs", "1") == 0
+    skipped = [json.loads(line) for line in (run / "skipped_samples.jsonl").read_text().splitlines()]
+    assert {s["file_name"] for s in skipped} == {bad["file_name"]}
+    assert bad["file_name"] in skipped[0]["error"] or "png" in skipped[0]["error"].lower()
+    assert (run / "checkpoints" / "last" / "model.safetensors").is_file()

@@ -39,6 +39,16 @@ def to_model_targets(targets: list[dict], device: torch.device) -> list[dict]:
     ]
 
 
+def _usable_batch(images, bad, device: torch.device, channels_last: bool, on_bad_samples):
+    """Report the batch's skipped samples; the images on the device, or None when none could be loaded."""
+    if bad and on_bad_samples is not None:
+        on_bad_samples(bad)
+    if images is None:
+        return None
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
@@ -73,13 +83,9 @@ def train_one_epoch(
     for i, (images, targets, bad) in enumerate(loader):
         if i >= n_batches:
             break
-        if bad and on_bad_samples is not None:
-            on_bad_samples(bad)
+        images = _usable_batch(images, bad, device, channels_last, on_bad_samples)
         if images is None:
             continue
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         step_now = (i + 1) % accum_steps == 0 or i + 1 == n_batches
         # DDP: skip the gradient all-reduce on accumulation micro-steps.
         sync = model.no_sync() if (info.enabled and not step_now and hasattr(model, "no_sync")) else nullcontext()
@@ -142,13 +148,9 @@ def predict_loader(
     model.eval()
     preds, sums, n = [], defaultdict(float), 0
     for images, targets, bad in loader:
-        if bad and on_bad_samples is not None:
-            on_bad_samples(bad)
+        images = _usable_batch(images, bad, device, channels_last, on_bad_samples)
         if images is None:
             continue
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
             outputs = model(images)
             losses = criterion(outputs, to_model_targets(targets, device))
