@@ -95,7 +95,9 @@ def _finite_or_none(record: dict) -> dict:
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="batch", disable=not enabled, leave=False, dynamic_ncols=True, file=sys.stderr)
+    # disable=None: a bar only on a terminal; logs redirected to a file get the one line per epoch instead.
+    return tqdm(total=total, desc=desc, unit="batch", disable=None if enabled else True, leave=False,
+                dynamic_ncols=True, file=sys.stderr)
 
 
 def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> dict:
