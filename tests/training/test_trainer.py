@@ -160,3 +160,16 @@ def test_unreadable_image_is_reported_and_skipped(tiny_dataset, tmp_path):
     assert {s["file_name"] for s in skipped} == {bad["file_name"]}
     assert bad["file_name"] in skipped[0]["error"] or "png" in skipped[0]["error"].lower()
     assert (run / "checkpoints" / "last" / "model.safetensors").is_file()
+
+
+def test_bf16_autocast_and_accumulation_on_cpu(tiny_dataset, tmp_path, capsys):
+    assert _train(tiny_dataset, tmp_path / "acc1", "--epochs", "1") == 0
+    assert _train(tiny_dataset, tmp_path / "acc2", "--epochs", "1", "--accum-steps", "2", "--precision", "bf16",
+                  "--channels-last") == 0
+    one = json.loads((tmp_path / "acc1" / "metrics.jsonl").read_text().splitlines()[0])
+    two = json.loads((tmp_path / "acc2" / "metrics.jsonl").read_text().splitlines()[0])
+    # 12 training images, global batch 4: 3 optimizer steps; with 2 accumulation steps of 2 images, still 3
+    assert one["train_optimizer_steps"] == 3 and two["train_optimizer_steps"] == 3
+    assert math.isfinite(two["train_loss"]) and two["val_loss"] is not None
+    assert cli(["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "x"), "--precision", "fp8"]) == 2
+    assert "train.precision must be fp32, bf16 or fp16" in capsys.readouterr().err
