@@ -7,7 +7,9 @@ Modules are imported only when their source is used.
 
 from __future__ import annotations
 
+import csv
 import importlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from mammodetr.data.records import Conversion
@@ -49,3 +51,28 @@ def normalise_split(value) -> str | None:
 def clean_text(value) -> str:
     """Strip surrounding whitespace and remove line breaks inside a CSV cell."""
     return "" if value is None else str(value).replace("\r", "").replace("\n", "").strip()
+
+
+def read_csv_rows(
+    path: Path,
+    required: Sequence[str],
+    *,
+    header: Callable[[str], str] | None = None,
+    hint: str = "",
+) -> Iterator[tuple[int, str, dict]]:
+    """Yield ``(line_no, where, row)`` per data row of a CSV; ``where`` = "<file> row <n>" for problem reports.
+
+    Headers are cleaned and lower-cased (or passed through ``header``); a missing header or required column
+    is a ValueError naming the file (and ``hint``, e.g. where the schema is documented).
+    """
+    header = header or (lambda h: clean_text(h).lower())
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None:
+            raise ValueError(f"{path}: empty CSV (no header)")
+        reader.fieldnames = [header(h) for h in reader.fieldnames]
+        missing = [c for c in required if c not in reader.fieldnames]
+        if missing:
+            raise ValueError(f"{path}: missing required column(s) {', '.join(missing)}{hint}")
+        for line_no, row in enumerate(reader, start=2):
+            yield line_no, f"{path.name} row {line_no}", row

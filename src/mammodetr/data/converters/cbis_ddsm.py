@@ -9,14 +9,13 @@ never rescaled. BENIGN_WITHOUT_CALLBACK is benign. The official train/test split
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from mammodetr.data.converters import clean_text, normalise_laterality
+from mammodetr.data.converters import clean_text, normalise_laterality, read_csv_rows
 from mammodetr.data.records import BoxRecord, Conversion, ImageRecord, Problem, worst_label
 
 _PATHOLOGY = {"MALIGNANT": "malignant", "BENIGN": "benign", "BENIGN_WITHOUT_CALLBACK": "benign"}
@@ -108,65 +107,56 @@ def convert(input_path: Path, *, images_dir: str | Path | None = None, **_option
     for csv_path in files:
         split = "test" if "test" in csv_path.name.lower() else "train"
         kind = "calc" if csv_path.name.lower().startswith("calc") else "mass"
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            if reader.fieldnames is None:
-                raise ValueError(f"{csv_path}: empty CSV")
-            reader.fieldnames = [_norm_header(h) for h in reader.fieldnames]
-            missing = [c for c in _REQUIRED if c not in reader.fieldnames]
-            if missing:
-                raise ValueError(f"{csv_path}: missing column(s) {', '.join(missing)}")
-            for line_no, row in enumerate(reader, start=2):
-                where = f"{csv_path.name} row {line_no}"
-                pathology = _PATHOLOGY.get(clean_text(row["pathology"]).upper())
-                if pathology is None:
-                    problems.append(Problem(where, f"pathology {clean_text(row['pathology'])!r} unknown",
-                                            "skipped row"))
-                    continue
-                image_rel = clean_text(row["image file path"])
-                image_path = _resolve(root, image_rel)
-                if image_path is None:
-                    problems.append(Problem(f"{where} ({image_rel})", "image file not found"))
-                    continue
-                try:
-                    if image_path not in sizes:
-                        sizes[image_path] = _dicom_size(image_path)
-                except Exception as exc:  # noqa: BLE001 - reported, the rest of the dataset goes on
-                    problems.append(Problem(f"{where} ({image_rel})", f"cannot read DICOM header: {exc}"))
-                    continue
-                size = sizes[image_path]
-                key = str(image_path.relative_to(root)) if image_path.is_relative_to(root) else str(image_path)
-                entry = images.setdefault(key, {
-                    "path": image_path, "patient": clean_text(row["patient id"]),
-                    "laterality": normalise_laterality(row["left or right breast"]),
-                    "view": clean_text(row["image view"]).upper() or None, "split": split,
-                    "labels": [], "boxes": [], "kinds": set(),
-                    "density": clean_text(row.get("breast density")) or None,
-                })
-                entry["labels"].append(pathology)
-                entry["kinds"].add(kind)
-                mask_rel = clean_text(row["roi mask file path"])
-                mask_path = _resolve(root, mask_rel, want_size=size)
-                if mask_path is None:
-                    problems.append(Problem(f"{where} ({mask_rel})", "ROI mask not found (or not unique)",
-                                            "skipped box"))
-                    continue
-                try:
-                    mask = _read_mask(mask_path)
-                except Exception as exc:  # noqa: BLE001
-                    problems.append(Problem(f"{where} ({mask_rel})", f"cannot read ROI mask: {exc}", "skipped box"))
-                    continue
-                if tuple(mask.shape[:2]) != size:
-                    problems.append(Problem(
-                        f"{where} ({mask_rel})",
-                        f"ROI mask is {mask.shape[0]}x{mask.shape[1]} but the image is {size[0]}x{size[1]} "
-                        "(mis-sized or mis-linked mask)", "skipped box"))
-                    continue
-                box = mask_box_xyxy(mask)
-                if box is None:
-                    problems.append(Problem(f"{where} ({mask_rel})", "ROI mask is empty", "skipped box"))
-                    continue
-                entry["boxes"].append(BoxRecord(*box, pathology=pathology, lesion_type=kind))
+        for line_no, where, row in read_csv_rows(csv_path, _REQUIRED, header=_norm_header):
+            pathology = _PATHOLOGY.get(clean_text(row["pathology"]).upper())
+            if pathology is None:
+                problems.append(Problem(where, f"pathology {clean_text(row['pathology'])!r} unknown",
+                                        "skipped row"))
+                continue
+            image_rel = clean_text(row["image file path"])
+            image_path = _resolve(root, image_rel)
+            if image_path is None:
+                problems.append(Problem(f"{where} ({image_rel})", "image file not found"))
+                continue
+            try:
+                if image_path not in sizes:
+                    sizes[image_path] = _dicom_size(image_path)
+            except Exception as exc:  # noqa: BLE001 - reported, the rest of the dataset goes on
+                problems.append(Problem(f"{where} ({image_rel})", f"cannot read DICOM header: {exc}"))
+                continue
+            size = sizes[image_path]
+            key = str(image_path.relative_to(root)) if image_path.is_relative_to(root) else str(image_path)
+            entry = images.setdefault(key, {
+                "path": image_path, "patient": clean_text(row["patient id"]),
+                "laterality": normalise_laterality(row["left or right breast"]),
+                "view": clean_text(row["image view"]).upper() or None, "split": split,
+                "labels": [], "boxes": [], "kinds": set(),
+                "density": clean_text(row.get("breast density")) or None,
+            })
+            entry["labels"].append(pathology)
+            entry["kinds"].add(kind)
+            mask_rel = clean_text(row["roi mask file path"])
+            mask_path = _resolve(root, mask_rel, want_size=size)
+            if mask_path is None:
+                problems.append(Problem(f"{where} ({mask_rel})", "ROI mask not found (or not unique)",
+                                        "skipped box"))
+                continue
+            try:
+                mask = _read_mask(mask_path)
+            except Exception as exc:  # noqa: BLE001
+                problems.append(Problem(f"{where} ({mask_rel})", f"cannot read ROI mask: {exc}", "skipped box"))
+                continue
+            if tuple(mask.shape[:2]) != size:
+                problems.append(Problem(
+                    f"{where} ({mask_rel})",
+                    f"ROI mask is {mask.shape[0]}x{mask.shape[1]} but the image is {size[0]}x{size[1]} "
+                    "(mis-sized or mis-linked mask)", "skipped box"))
+                continue
+            box = mask_box_xyxy(mask)
+            if box is None:
+                problems.append(Problem(f"{where} ({mask_rel})", "ROI mask is empty", "skipped box"))
+                continue
+            entry["boxes"].append(BoxRecord(*box, pathology=pathology, lesion_type=kind))
 
     records = [
         ImageRecord(

@@ -14,10 +14,9 @@ merged into one image.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from mammodetr.data.converters import clean_text, normalise_laterality, normalise_split
+from mammodetr.data.converters import clean_text, normalise_laterality, normalise_split, read_csv_rows
 from mammodetr.data.records import LABELS, BoxRecord, Conversion, ImageRecord, Problem, worst_label
 
 REQUIRED = ("image_path", "patient_id", "label")
@@ -54,46 +53,37 @@ def convert(input_path: Path, *, images_dir: str | Path | None = None, **_option
     root = Path(images_dir) if images_dir else path.parent
     problems: list[Problem] = []
     groups: dict[str, dict] = {}
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None:
-            raise ValueError(f"{path}: empty CSV (no header)")
-        reader.fieldnames = [clean_text(h).lower() for h in reader.fieldnames]
-        missing = [c for c in REQUIRED if c not in reader.fieldnames]
-        if missing:
-            raise ValueError(f"{path}: missing required column(s) {', '.join(missing)}; see docs/data.md")
-        for line_no, row in enumerate(reader, start=2):
-            where = f"{path.name} row {line_no}"
-            rel = clean_text(row.get("image_path"))
-            patient = clean_text(row.get("patient_id"))
-            label = clean_text(row.get("label")).lower()
-            if not rel:
-                problems.append(Problem(where, "empty image_path", "skipped row"))
-                continue
-            if not patient:
-                problems.append(Problem(where, f"empty patient_id for {rel}", "skipped row"))
-                continue
-            if label not in LABELS:
-                problems.append(Problem(where, f"label {label!r} is not one of {', '.join(LABELS)}", "skipped row"))
-                continue
-            g = groups.setdefault(rel, {"rows": [], "patients": set(), "labels": [], "fields": {}})
-            g["rows"].append(line_no)
-            g["patients"].add(patient)
-            g["labels"].append(label)
-            for name in ("laterality", "view", "study_id", "split"):
-                value = clean_text(row.get(name))
-                if value and name not in g["fields"]:
-                    g["fields"][name] = value
-            box = _parse_box(row, where, problems)
-            if box is not None:
-                pathology = clean_text(row.get("lesion_label")).lower() or None
-                if pathology is not None and pathology not in ("benign", "malignant"):
-                    problems.append(Problem(where, f"lesion_label {pathology!r} is not benign/malignant",
-                                            "box pathology unknown"))
-                    pathology = None
-                if pathology is None and label == "benign":
-                    pathology = "benign"
-                g.setdefault("boxes", []).append(BoxRecord(*box, pathology=pathology))
+    for line_no, where, row in read_csv_rows(path, REQUIRED, hint="; see docs/data.md"):
+        rel = clean_text(row.get("image_path"))
+        patient = clean_text(row.get("patient_id"))
+        label = clean_text(row.get("label")).lower()
+        if not rel:
+            problems.append(Problem(where, "empty image_path", "skipped row"))
+            continue
+        if not patient:
+            problems.append(Problem(where, f"empty patient_id for {rel}", "skipped row"))
+            continue
+        if label not in LABELS:
+            problems.append(Problem(where, f"label {label!r} is not one of {', '.join(LABELS)}", "skipped row"))
+            continue
+        g = groups.setdefault(rel, {"rows": [], "patients": set(), "labels": [], "fields": {}})
+        g["rows"].append(line_no)
+        g["patients"].add(patient)
+        g["labels"].append(label)
+        for name in ("laterality", "view", "study_id", "split"):
+            value = clean_text(row.get(name))
+            if value and name not in g["fields"]:
+                g["fields"][name] = value
+        box = _parse_box(row, where, problems)
+        if box is not None:
+            pathology = clean_text(row.get("lesion_label")).lower() or None
+            if pathology is not None and pathology not in ("benign", "malignant"):
+                problems.append(Problem(where, f"lesion_label {pathology!r} is not benign/malignant",
+                                        "box pathology unknown"))
+                pathology = None
+            if pathology is None and label == "benign":
+                pathology = "benign"
+            g.setdefault("boxes", []).append(BoxRecord(*box, pathology=pathology))
 
     records: list[ImageRecord] = []
     for rel, g in groups.items():

@@ -10,12 +10,11 @@ benign when it has a finding or a breast BI-RADS of 2 or 3; normal otherwise. ``
 from __future__ import annotations
 
 import ast
-import csv
 import re
 from pathlib import Path
 from typing import Iterable, Optional
 
-from mammodetr.data.converters import clean_text, normalise_laterality, normalise_split
+from mammodetr.data.converters import clean_text, normalise_laterality, normalise_split, read_csv_rows
 from mammodetr.data.records import BoxRecord, Conversion, ImageRecord, Problem
 
 _REQUIRED = ("study_id", "image_id", "laterality", "view_position", "breast_birads", "finding_categories",
@@ -71,41 +70,32 @@ def convert(input_path: Path, *, positive_birads: Iterable[int] = (4, 5), images
     img_root = Path(images_dir) if images_dir else csv_path.parent / "images"
     problems: list[Problem] = []
     images: dict[str, dict] = {}
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None:
-            raise ValueError(f"{csv_path}: empty CSV")
-        reader.fieldnames = [clean_text(h).lower() for h in reader.fieldnames]
-        missing = [c for c in _REQUIRED if c not in reader.fieldnames]
-        if missing:
-            raise ValueError(f"{csv_path}: missing column(s) {', '.join(missing)}")
-        for line_no, row in enumerate(reader, start=2):
-            where = f"{csv_path.name} row {line_no}"
-            study, image_id = clean_text(row["study_id"]), clean_text(row["image_id"])
-            if not study or not image_id:
-                problems.append(Problem(where, "empty study_id or image_id", "skipped row"))
-                continue
-            e = images.setdefault(image_id, {
-                "study": study, "laterality": normalise_laterality(row["laterality"]),
-                "view": clean_text(row["view_position"]).upper() or None,
-                "split": normalise_split(row.get("split")), "breast_birads": set(), "findings": 0, "boxes": [],
-                "first_row": line_no, "density": clean_text(row.get("breast_density")) or None,
-            })
-            if e["study"] != study:
-                problems.append(Problem(where, "image_id listed under two study_ids", "skipped row"))
-                continue
-            b = parse_birads(row["breast_birads"])
-            if b is not None:
-                e["breast_birads"].add(b)
-            categories = parse_categories(row["finding_categories"])
-            if not categories or all(c.lower() == "no finding" for c in categories):
-                continue
-            e["findings"] += 1
-            fb = parse_birads(row["finding_birads"])
-            pathology = None if fb is None else "malignant" if fb in positive else "benign"
-            e["boxes"].append(BoxRecord(_float(row["xmin"]), _float(row["ymin"]), _float(row["xmax"]),
-                                        _float(row["ymax"]), pathology=pathology,
-                                        lesion_type=", ".join(categories)))
+    for line_no, where, row in read_csv_rows(csv_path, _REQUIRED):
+        study, image_id = clean_text(row["study_id"]), clean_text(row["image_id"])
+        if not study or not image_id:
+            problems.append(Problem(where, "empty study_id or image_id", "skipped row"))
+            continue
+        e = images.setdefault(image_id, {
+            "study": study, "laterality": normalise_laterality(row["laterality"]),
+            "view": clean_text(row["view_position"]).upper() or None,
+            "split": normalise_split(row.get("split")), "breast_birads": set(), "findings": 0, "boxes": [],
+            "first_row": line_no, "density": clean_text(row.get("breast_density")) or None,
+        })
+        if e["study"] != study:
+            problems.append(Problem(where, "image_id listed under two study_ids", "skipped row"))
+            continue
+        b = parse_birads(row["breast_birads"])
+        if b is not None:
+            e["breast_birads"].add(b)
+        categories = parse_categories(row["finding_categories"])
+        if not categories or all(c.lower() == "no finding" for c in categories):
+            continue
+        e["findings"] += 1
+        fb = parse_birads(row["finding_birads"])
+        pathology = None if fb is None else "malignant" if fb in positive else "benign"
+        e["boxes"].append(BoxRecord(_float(row["xmin"]), _float(row["ymin"]), _float(row["xmax"]),
+                                    _float(row["ymax"]), pathology=pathology,
+                                    lesion_type=", ".join(categories)))
 
     records = []
     for image_id, e in images.items():
