@@ -15,7 +15,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from mammodetr.models.weights import HubUnavailableError, load_state_dict_checked, read_state_dict, strip_prefixes
@@ -175,13 +174,3 @@ def build_backbone(
     if not hasattr(model, "forward_intermediates"):
         raise ValueError(f"timm model '{target}' has no forward_intermediates; it cannot be used as a backbone")
     return TimmBackbone(model, out_indices)
-
-
-@torch.no_grad()
-def probe_backbone(backbone: Backbone, size: int = 64) -> list[tuple[int, ...]]:
-    """Shapes of the maps for a ``size``x``size`` input (a cheap self-check used in tests and docs)."""
-    was_training = backbone.training
-    backbone.eval()
-    shapes = [tuple(f.shape) for f in backbone(torch.zeros(1, 3, size, size))]
-    backbone.train(was_training)
-    return shapes

@@ -63,14 +63,6 @@ def broadcast_object(obj, info: DistInfo):
     return box[0]
 
 
-def all_reduce_mean(value: float, info: DistInfo, device: torch.device) -> float:
-    if not info.enabled:
-        return value
-    t = torch.tensor(float(value), device=device)
-    dist.all_reduce(t)
-    return t.item() / info.world_size
-
-
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

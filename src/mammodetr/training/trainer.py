@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mammodetr.checkpoint import load_training_state, save_checkpoint
@@ -197,7 +196,7 @@ def _train(cfg: RunConfig, info: DistInfo, device: torch.device, *, resume: bool
         }
 
     stopped, last_val, t0 = "completed", {}, time.perf_counter()
-    epoch, position = start_epoch, {"batches": 0}
+    epoch, position, epochs_done = start_epoch, {"batches": 0}, 0
     try:
         for epoch in range(start_epoch, t.epochs):
             position = {"batches": start_batch if epoch == start_epoch else 0}
@@ -243,6 +242,7 @@ def _train(cfg: RunConfig, info: DistInfo, device: torch.device, *, resume: bool
                 run_logger.epoch(record)
                 log.info(_epoch_line(record))
             barrier(info)
+            epochs_done += 1
             if bad_evals >= t.patience:
                 stopped = f"early stop: no improvement of '{t.monitor}' for {bad_evals} epochs"
                 break
@@ -262,7 +262,7 @@ def _train(cfg: RunConfig, info: DistInfo, device: torch.device, *, resume: bool
     summary = {
         "run": str(out),
         "stopped": stopped,
-        "epochs_run": epoch + 1 - start_epoch if stopped != "completed" or t.epochs > start_epoch else 0,
+        "epochs_run": epochs_done,
         "best_epoch": best_epoch,
         "best_score": best_score if math.isfinite(best_score) else None,
         "monitor": t.monitor,
