@@ -244,7 +244,8 @@ def markdown_report(result, figures: list[Figure], *, extra_sections: list[str] 
                 vals = [fmt_pct(d["sensitivity_at"].get(str(float(r)))) for r in (0.125, 0.25, 0.5, 1, 2)]
                 out.append(f"| {crit} | " + " | ".join(vals) + f" | {fmt_pct(d['mean_sensitivity'])} |")
         out.append("")
-    out += [f"## Calibration", "", f"Expected calibration error (10 bins): {fmt_pct(m['calibration']['ece'])}%", ""]
+    cal = m["calibration"]
+    out += ["## Calibration", "", f"Expected calibration error ({cal.get('n_bins', 10)} bins): {fmt_pct(cal['ece'])}%", ""]
     bl = m.get("breast_level")
     if bl:
         ci = bl.get("ci", {}).get("auc")
