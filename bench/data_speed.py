@@ -50,8 +50,9 @@ def _breakdown(table: Path, n: int, max_side: int) -> dict:
     import numpy as np
 
     from mammodetr.data.crop import find_breast
+    from mammodetr.data.image import to_uint16
     from mammodetr.data.io import read_image
-    from mammodetr.data.prepare import save_png16
+    from mammodetr.data.png16 import write_png16
     from mammodetr.data.preprocess import PrepareOptions, preprocess_pixels
 
     with open(table, newline="") as fh:
@@ -66,7 +67,7 @@ def _breakdown(table: Path, n: int, max_side: int) -> dict:
         # preprocess_pixels runs find_breast again; its own time is subtracted below
         prepared = preprocess_pixels(loaded.pixels, PrepareOptions(max_side=max_side))
         t3 = time.perf_counter()
-        save_png16(prepared.pixels, table.parent / "breakdown.png")
+        write_png16(table.parent / "breakdown.png", to_uint16(prepared.pixels))
         t4 = time.perf_counter()
         steps["read"].append(t1 - t0)
         steps["find_breast"].append(t2 - t1)

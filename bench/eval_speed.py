@@ -61,10 +61,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "eval_speed.json"))
     args = ap.parse_args()
 
-    from mammodetr.evaluation.bootstrap import bootstrap_metrics
-    from mammodetr.evaluation.delong import delong_test
-    from mammodetr.evaluation.detection import detection_metrics, match_detections
-    from mammodetr.evaluation.froc import froc
+    from mammodetr.metrics.bootstrap import bootstrap_metrics
+    from mammodetr.metrics.delong import delong_test
+    from mammodetr.metrics.detection import detection_metrics, match_detections
+    from mammodetr.metrics.froc import froc
 
     gts, preds, scores, y, p, pids = synthetic(args.images, args.k)
     rows = []

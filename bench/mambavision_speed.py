@@ -116,7 +116,7 @@ def scan_rows(repeats: int, device: torch.device) -> list[dict]:
         ]
         args = [a.to(device) for a in args]
         for impl, fn in (("chunked", selective_scan_chunked), ("loop", selective_scan_loop)):
-            def run(fn=fn) -> None:
+            def run(fn=fn, args=args) -> None:
                 with torch.inference_mode():
                     fn(*args, delta_softplus=True)
 
@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---:|---:|---:|")
     for r in rows:
         cpu = f"{r['cpu_ms_1thread_min']:.1f}" if "cpu_ms_1thread_min" in r else "-"
-        print(f"| {r['backbone']} | {r['note']} | {r['precision']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {cpu} |")
+        print(f"| {r['backbone']} | {r['note']} | {r['precision']} | "
+              f"{r['median_ms']:.1f} | {r['min_ms']:.1f} | {cpu} |")
     print("\n| selective scan | impl | median ms | min ms |")
     print("|---|---|---:|---:|")
     for r in scans:

@@ -173,10 +173,12 @@ def main() -> int:
                 continue
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             r = rows[-1]
-            print(f"  done {backbone:16s} {precision}: full/backbone {r['infer_ratio']:.3f}, train {r['train_ratio']:.3f}", file=sys.stderr)
+            print(f"  done {backbone:16s} {precision}: full/backbone {r['infer_ratio']:.3f}, "
+                  f"train {r['train_ratio']:.3f}", file=sys.stderr)
 
     header = (f"{'backbone':16s} {'prec':5s} {'params bb/heads (M)':>19s} {'bb infer s':>10s} {'full infer s':>12s} "
-              f"{'ratio':>6s} {'cls step s':>10s} {'full step s':>11s} {'ratio':>6s} {'train img/s':>11s} {'peak MB':>8s}")
+              f"{'ratio':>6s} {'cls step s':>10s} {'full step s':>11s} {'ratio':>6s} "
+              f"{'train img/s':>11s} {'peak MB':>8s}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -189,8 +191,10 @@ def main() -> int:
               f"{r['train_images_per_s']:11.1f} {(r['peak_gpu_mb'] or r['peak_rss_mb']):8.0f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"command": " ".join(["python", "bench/model_speed.py", *sys.argv[1:]]), "machine": platform.processor() or platform.machine(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "targets": {"infer_ratio": 1.10, "train_ratio": 1.25}}
+    meta = {"command": " ".join(["python", "bench/model_speed.py", *sys.argv[1:]]),
+            "machine": platform.processor() or platform.machine(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "targets": {"infer_ratio": 1.10, "train_ratio": 1.25}}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
     return 0

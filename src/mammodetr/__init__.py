@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from mammodetr._version import __version__ as __version__
 
 _EXPORTS = {
     "ModelConfig": "mammodetr.models.config",
@@ -17,8 +17,10 @@ _EXPORTS = {
     "build_criterion": "mammodetr.models.criterion",
     "HungarianMatcher": "mammodetr.models.matcher",
     "multi_scale_deformable_attention": "mammodetr.models.deformable_attention",
-    "postprocess": "mammodetr.models.postprocess",
     "load_model": "mammodetr.checkpoint",
+    "RunConfig": "mammodetr.config",
+    "Predictor": "mammodetr.inference.predictor",
+    "Prediction": "mammodetr.inference.predictions",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,33 +1,76 @@
-"""Checkpoints: ``model.safetensors`` + ``config.json`` (+ ``training_state.pt``) in one folder.
+"""Checkpoints: ``model.safetensors`` + ``config.json`` + ``meta.json`` (+ ``training_state.pt``) in one folder.
 
-The model is rebuilt from the folder alone (``config.json`` holds the resolved run config). Writes are
-atomic at the folder level: everything goes into ``<name>.tmp`` first, then the previous folder is moved
-to ``<name>.old``, the new one into place, and ``.old`` removed. A kill at any point leaves either the
-new or the previous checkpoint loadable; ``resolve_checkpoint`` falls back to ``.old`` when needed.
+``config.json`` is the resolved :class:`~mammodetr.config.RunConfig` and nothing else, so the model is rebuilt
+from the folder alone and the config loads back as the same type. ``meta.json`` holds what describes this
+particular file: package versions, the time, the epoch and validation metrics, and the SHA-256 of
+``model.safetensors``, which :func:`load_model` verifies (a flipped byte in the weights is refused, not used).
+
+Writes are atomic at the folder level: everything goes into ``<name>.tmp`` first, then the previous folder is
+moved to ``<name>.old``, the new one into place, and ``.old`` removed. A kill at any point leaves either the new
+or the previous checkpoint loadable; :func:`resolve_checkpoint` falls back to ``.old`` when needed.
+
+Checkpoints written by mammodetr 0.1.0 (metadata inside ``config.json``, no checksum) still load: see
+:func:`read_checkpoint`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import platform
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from mammodetr._version import __version__
+from mammodetr.atomic import dumps
+from mammodetr.config import RunConfig
+from mammodetr.models.detr import build_model
+
+__all__ = ["MODEL_FILE", "CONFIG_FILE", "META_FILE", "STATE_FILE", "CheckpointError", "Checkpoint",
+           "save_checkpoint", "resolve_checkpoint", "read_checkpoint", "load_checkpoint", "load_model",
+           "load_training_state", "file_sha256"]
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+META_FILE = "meta.json"
 STATE_FILE = "training_state.pt"
+FORMAT = 2  # 1: mammodetr 0.1.0 (meta inside config.json); 2: config.json + meta.json with the weights' SHA-256
 
 
 class CheckpointError(ValueError):
     """A checkpoint folder that is missing or cannot be used."""
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+@dataclass
+class Checkpoint:
+    """A checkpoint folder's description (the weights are read by :func:`load_model`).
+
+    Attributes:
+        path: the checkpoint folder.
+        config: the run config the model was trained with.
+        meta: versions, time, epoch, validation metrics, ``weights_sha256`` (absent in 0.1.0 checkpoints).
+    """
+
+    path: Path
+    config: RunConfig
+    meta: dict
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -36,43 +79,59 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def save_checkpoint(
-    directory: str | Path,
-    model: nn.Module,
-    config: dict,
-    *,
-    meta: dict | None = None,
-    training_state: dict | None = None,
-) -> Path:
+def _write(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+
+
+def save_checkpoint(directory: str | Path, model: nn.Module, config: RunConfig, *, meta: dict | None = None,
+                    training_state: dict | None = None) -> Path:
     """Atomically write a checkpoint folder.
 
     Args:
         directory: target folder (e.g. ``run/checkpoints/best``).
         model: the model (DDP/compiled wrappers are unwrapped).
-        config: the resolved run config as a plain dict (must contain ``model``).
-        meta: epoch, metrics and the like, stored in ``config.json`` under ``meta``.
+        config: the resolved run config.
+        meta: epoch, metrics and the like, stored in ``meta.json`` with the versions and the weights' SHA-256.
         training_state: optimizer/scheduler/scaler/RNG state; only tensors, numbers, strings, lists and
             dicts, so it loads with ``weights_only=True``.
-    """
-    from safetensors.torch import save_file
 
+    Raises:
+        OSError: the folder cannot be written (disk full, read-only); the temporary folder is removed and an
+            earlier checkpoint at ``directory`` is left untouched.
+    """
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
-    old = directory.with_name(directory.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
-    save_file(state, str(tmp / MODEL_FILE), metadata={"format": "pt"})
-    _write_json(tmp / CONFIG_FILE, {**config, "meta": meta or {}})
-    if training_state is not None:
-        torch.save(training_state, tmp / STATE_FILE)
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
+        save_file(state, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        _write(tmp / CONFIG_FILE, dumps(config.to_dict()))
+        _write(tmp / META_FILE, dumps(_meta(tmp / MODEL_FILE, meta)))
+        if training_state is not None:
+            torch.save(training_state, tmp / STATE_FILE)
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _swap_into_place(tmp, directory)
+    return directory
+
+
+def _meta(weights: Path, extra: dict | None) -> dict:
+    return {**(extra or {}), "format": FORMAT, "mammodetr": __version__, "torch": torch.__version__,
+            "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "weights_sha256": file_sha256(weights)}
+
+
+def _swap_into_place(tmp: Path, directory: Path) -> None:
+    old = directory.with_name(directory.name + ".old")
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(directory, old)
     os.replace(tmp, directory)
     shutil.rmtree(old, ignore_errors=True)
-    return directory
 
 
 def _fsync_dir(path: Path) -> None:
@@ -97,43 +156,96 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"{path}: no checkpoint found (expected {MODEL_FILE} and {CONFIG_FILE}, or a run folder)")
 
 
-def read_config(path: str | Path) -> dict:
-    ckpt = resolve_checkpoint(path)
+def _read_json(path: Path) -> dict:
     try:
-        return json.loads((ckpt / CONFIG_FILE).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{ckpt / CONFIG_FILE}: not valid JSON ({exc})") from exc
+        data = json.loads(path.read_text(encoding="utf-8"))  # 0.1.0 wrote NaN for undefined metrics; json reads it
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Config and metadata of a checkpoint (or run) folder, migrating the 0.1.0 layout.
+
+    0.1.0 stored its metadata under ``"meta"`` inside ``config.json`` and wrote no checksum; the metadata is
+    taken from there and ``meta["format"]`` is 1.
+
+    Raises:
+        CheckpointError: no checkpoint, unreadable files, or a config that is not a valid RunConfig.
+    """
+    ckpt = resolve_checkpoint(path)
+    raw = _read_json(ckpt / CONFIG_FILE)
+    if (ckpt / META_FILE).is_file():
+        meta = _read_json(ckpt / META_FILE)
+    else:
+        meta = {"format": 1, **(raw.pop("meta", None) or {})}
+    if "model" not in raw:
+        raise CheckpointError(f"{ckpt / CONFIG_FILE}: has no 'model' section")
+    try:
+        config = RunConfig.from_dict(raw)
+    except ValueError as exc:
+        raise CheckpointError(f"{ckpt / CONFIG_FILE}: {exc}") from None
+    return Checkpoint(ckpt, config, meta)
+
+
+def verify_weights(ckpt: Checkpoint) -> None:
+    """Refuse weights whose SHA-256 differs from the one recorded when they were saved."""
+    expected = ckpt.meta.get("weights_sha256")
+    if expected is None:
+        return
+    if file_sha256(ckpt.path / MODEL_FILE) != expected:
+        raise CheckpointError(f"{ckpt.path / MODEL_FILE}: the weights do not match the SHA-256 recorded when they "
+                              f"were saved (the file was changed or is corrupt); --no-verify loads it anyway")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    verify: bool = True) -> tuple[nn.Module, Checkpoint]:
     """Rebuild the model from a checkpoint folder (or run folder) and load its weights strictly.
 
+    Args:
+        path: checkpoint or run folder.
+        map_location: device for the weights and the model.
+        verify: check the weights against the SHA-256 in ``meta.json`` first.
+
     Returns:
-        (model in eval mode, the resolved config dict stored with it).
+        (model in eval mode, the checkpoint's config and metadata).
     """
-    from safetensors.torch import load_file
+    ckpt = read_checkpoint(path)
+    if verify:
+        verify_weights(ckpt)
+    model = build_model(dataclasses.replace(ckpt.config.model, pretrained="none"))  # the weights come from the file
+    load_weights(model, ckpt.path / MODEL_FILE, map_location)
+    return model.to(map_location).eval(), ckpt
 
-    from mammodetr.models import ModelConfig, build_model
 
-    ckpt = resolve_checkpoint(path)
-    config = read_config(ckpt)
-    if "model" not in config:
-        raise CheckpointError(f"{ckpt / CONFIG_FILE}: has no 'model' section")
-    model_cfg = ModelConfig.from_dict({**config["model"], "pretrained": "none"})  # weights come from the file
-    model = build_model(model_cfg)
+def load_model(path: str | Path, map_location: str | torch.device = "cpu", *,
+               verify: bool = True) -> tuple[nn.Module, RunConfig]:
+    """:func:`load_checkpoint`, returning ``(model in eval mode, the run config it was trained with)``."""
+    model, ckpt = load_checkpoint(path, map_location, verify=verify)
+    return model, ckpt.config
+
+
+def load_weights(model: nn.Module, path: Path, map_location: str | torch.device = "cpu") -> None:
+    """Load a ``model.safetensors`` into ``model``; every key must fit."""
     try:
-        state = load_file(str(ckpt / MODEL_FILE), device=str(map_location))
-    except Exception as exc:
-        raise CheckpointError(f"{ckpt / MODEL_FILE}: not a readable safetensors file ({exc})") from exc
-    missing, unexpected = model.load_state_dict(state, strict=False)
+        state = load_file(str(path), device=str(map_location))
+    except Exception as exc:  # noqa: BLE001 - any reader failure is one clear line
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+    missing, unexpected = _unwrap(model).load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{ckpt}: weights do not fit the stored config (missing {missing[:5]}, unexpected {unexpected[:5]})")
-    return model.to(map_location).eval(), config
+        raise CheckpointError(f"{path.parent}: weights do not fit the stored config "
+                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
 
 
-def load_training_state(path: str | Path) -> dict:
+def load_training_state(path: str | Path) -> dict[str, Any]:
     ckpt = resolve_checkpoint(path)
     f = ckpt / STATE_FILE
     if not f.is_file():
         raise CheckpointError(f"{ckpt}: has no {STATE_FILE} (a weights-only checkpoint cannot be resumed)")
-    return torch.load(f, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a pickle payload or a corrupt file is refused in one line
+        raise CheckpointError(f"{f}: not a loadable training state ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200]})") from None

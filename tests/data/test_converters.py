@@ -29,11 +29,11 @@ numbers) and right mammograms (odd filename numbers) of a single patient.
 
 mdb001 G CIRC B 535 425 197
 mdb002 G CIRC B 522 280 69
-mdb003 D NORM 
-mdb004 D NORM 
+mdb003 D NORM\x20
+mdb004 D NORM\x20
 mdb005 F CIRC B 477 133 30
 mdb005 F CIRC B 500 168 26
-mdb006 F NORM 
+mdb006 F NORM\x20
 mdb010 F CIRC B 10 1020 30
 mdb212 G CALC B *NOTE 3*
 mdb216 D CALC M 480 ... bad
@@ -169,7 +169,8 @@ def cbis_dir(tmp_path):
     ])
     write("mass_case_description_test_set.csv", MASS_HEADER, [
         ["P_00002", "2", "RIGHT", "MLO", "1", "mass", "OVAL", "ILL_DEFINED", "4", "BENIGN", "2",
-         "Mass-Test_P_00002_RIGHT_MLO/1.4.1/1.4.2/000000.dcm", "x", "Mass-Test_P_00002_RIGHT_MLO_1/1.4.3/1.4.4/000000.dcm"],
+         "Mass-Test_P_00002_RIGHT_MLO/1.4.1/1.4.2/000000.dcm", "x",
+         "Mass-Test_P_00002_RIGHT_MLO_1/1.4.3/1.4.4/000000.dcm"],
     ])
     write("calc_case_description_train_set.csv", CALC_HEADER, [
         ["P_00003", "4", "LEFT", "MLO", "1", "calcification", "PLEOMORPHIC", "CLUSTERED", "4", "BENIGN", "2",

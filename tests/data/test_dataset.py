@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+from mammodetr.data.boxes import box_cxcywh_to_xyxy
 from mammodetr.data.dataset import MammoDataset, collate
+from mammodetr.data.model_input import InputGeometry, input_transform
 from mammodetr.data.split import LeakageError
-from mammodetr.data.transforms import boxes_cxcywh_to_xyxy, model_boxes_to_image
 
 S = 64
 SIZES = [(120, 90), (100, 100), (80, 120), (130, 70)]
@@ -50,7 +51,7 @@ def test_targets_plain_resize(prepared):
         x1, y1, x2, y2 = BOXES[i]
         expected = torch.tensor([[(x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h]])
         torch.testing.assert_close(t["boxes_cxcywh"], expected)
-        np.testing.assert_allclose(_bbox(image), (boxes_cxcywh_to_xyxy(expected) * S)[0].numpy(), atol=1.5)
+        np.testing.assert_allclose(_bbox(image), (box_cxcywh_to_xyxy(expected) * S)[0].numpy(), atol=1.5)
         assert t["orig_size_hw"].tolist() == [h, w]
         assert t["label"].dtype == torch.int64 and t["label"].ndim == 0
         assert t["image_id"] == i + 1 and t["file_name"] == f"images/{i + 1}.png"
@@ -62,9 +63,10 @@ def test_letterbox_and_mapping_back(prepared):
     ds = MammoDataset(prepared, None, image_size=S, letterbox=True, cache=False)
     for i in range(4):
         image, t = ds[i]
-        back = model_boxes_to_image(t["boxes_cxcywh"], tuple(t["orig_size_hw"].tolist()), S, True)
-        np.testing.assert_allclose(back.numpy()[0], BOXES[i], atol=1e-3)
-        np.testing.assert_allclose(_bbox(image), (boxes_cxcywh_to_xyxy(t["boxes_cxcywh"]) * S)[0].numpy(),
+        to_input = input_transform(tuple(t["orig_size_hw"].tolist()), InputGeometry(S, letterbox=True))
+        back = to_input.invert_boxes_xyxy(box_cxcywh_to_xyxy(t["boxes_cxcywh"]).double().numpy() * S)
+        np.testing.assert_allclose(back[0], BOXES[i], atol=1e-3)
+        np.testing.assert_allclose(_bbox(image), (box_cxcywh_to_xyxy(t["boxes_cxcywh"]) * S)[0].numpy(),
                                    atol=1.5)
     image, _ = ds[3]  # 130 x 70: padded left and right with zeros
     assert float(image[0, :, 0].max()) == 0.0 and float(image[0, :, -1].max()) == 0.0
@@ -78,7 +80,7 @@ def test_light_augmentation_keeps_boxes_consistent(prepared):
             if t["boxes_cxcywh"].shape[0] == 0:
                 continue
             assert t["box_malignant"].shape[0] == t["boxes_cxcywh"].shape[0]
-            box_px = (boxes_cxcywh_to_xyxy(t["boxes_cxcywh"]) * S)[0].numpy()
+            box_px = (box_cxcywh_to_xyxy(t["boxes_cxcywh"]) * S)[0].numpy()
             # the lesion (brightest pixels) sits where the box says
             bright = image[0].numpy() > image[0].numpy().max() - 0.1
             ys, xs = np.nonzero(bright)
@@ -100,7 +102,7 @@ def test_splits_leakage_and_errors(prepared):
     (prepared / "annotations.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="no split assigned; run `mammodetr split"):
         MammoDataset(prepared, "train")
-    with pytest.raises(ValueError, match="run `mammodetr prepare` first"):
+    with pytest.raises(ValueError, match="written by `mammodetr prepare`"):
         MammoDataset(prepared / "missing", None)
 
 

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from mammodetr.data.io import ImageReadError, LoadedImage, check_laterality, read_image
+from mammodetr.data.dicom import read_dicom
+from mammodetr.data.io import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    LoadedImage,
+    check_laterality,
+    read_image,
+    sniff_path,
+)
+from mammodetr.data.preprocess import PrepareOptions
 
 
 def ramp(h: int = 20, w: int = 16, top: int = 255) -> np.ndarray:
@@ -167,3 +178,24 @@ def test_check_laterality_convention():
     assert check_laterality(LoadedImage(left, "L", "CC", {"patient_orientation": ["P", "L"]})) is not None
     assert check_laterality(LoadedImage(left, "R", "CC", {"patient_orientation": ["A", "L"]})) is None
     assert check_laterality(LoadedImage(left, None, "CC")) is None
+
+
+def test_sniff_path_names_the_format_and_never_raises(tmp_path):
+    Image.fromarray(ramp().astype(np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(ramp().astype(np.uint8)).save(tmp_path / "no_suffix", format="TIFF")
+    (tmp_path / "dicom_without_suffix").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 8)
+    (tmp_path / "text.dcm").write_text("not an image")
+    (tmp_path / "empty").write_bytes(b"")
+    assert sniff_path(tmp_path / "a.png") == "png"
+    assert sniff_path(tmp_path / "no_suffix") == "tiff"
+    assert sniff_path(tmp_path / "dicom_without_suffix") == "dicom"
+    assert sniff_path(tmp_path / "text.dcm") is None
+    assert sniff_path(tmp_path / "empty") is None
+    assert sniff_path(tmp_path / "missing.dcm") is None
+    assert sniff_path(tmp_path) is None  # a directory
+
+
+def test_the_pixel_cap_is_declared_once():
+    assert PrepareOptions().max_pixels == DEFAULT_MAX_PIXELS
+    for reader in (read_image, read_dicom):
+        assert inspect.signature(reader).parameters["max_pixels"].default == DEFAULT_MAX_PIXELS

@@ -208,19 +208,6 @@ def test_records_with_no_usable_image_prepare_nothing(tmp_path):
     assert report["images_prepared"] == 0 and report["images_skipped"] == 1
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (37, 20)])
-def test_png16_encoder_round_trips_through_pillow(tmp_path, shape):
-    from mammodetr.data.prepare import encode_png16
-
-    values = np.random.default_rng(0).integers(0, 65536, size=shape, dtype=np.uint16)
-    values[0, 0], values[-1, -1] = 0, 65535
-    path = tmp_path / "x.png"
-    path.write_bytes(encode_png16(values))
-    with Image.open(path) as im:
-        assert im.mode.startswith("I;16") and im.size == (shape[1], shape[0])
-        np.testing.assert_array_equal(np.asarray(im), values)
-
-
 def _crash_on_2(job):
     """Stand-in worker that kills its process on one file, as a crashing decoder would."""
     from mammodetr.data import prepare as prepare_module

@@ -47,10 +47,10 @@ def test_grouping_and_stratification():
     # and within 1 patient overall
     for label, n in strata.items():
         per_split = Counter(next(iter(by_patient[pid])) for pid in worst if worst[pid] == label)
-        for split, f in zip(("train", "val", "test"), fractions):
+        for split, f in zip(("train", "val", "test"), fractions, strict=True):
             assert abs(per_split.get(split, 0) - n * f) < 2, (label, split, per_split)
     total = Counter(next(iter(s)) for s in by_patient.values())
-    for split, f in zip(("train", "val", "test"), fractions):
+    for split, f in zip(("train", "val", "test"), fractions, strict=True):
         assert abs(total[split] - len(by_patient) * f) <= 1
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mammodetr.data.crop import breast_side, find_breast
+from mammodetr.data.image import to_uint16
 from mammodetr.data.io import check_laterality, read_image
 from mammodetr.data.synth import (
     DICOM_VARIANTS,
@@ -18,7 +19,6 @@ from mammodetr.data.synth import (
     generate_dataset,
     make_dicom_dataset,
     powerlaw_noise,
-    quantise,
     render_mammogram,
     write_dicom,
 )
@@ -107,7 +107,7 @@ def test_breast_side_crop_and_laterality_agree(view):
 @pytest.mark.parametrize("variant", DICOM_VARIANTS)
 def test_every_dicom_variant_reads_back(tmp_path, variant):
     img = render_mammogram(np.random.default_rng(2), SIZE, view="MLO", laterality="R", density=0.5)
-    values = quantise(img.pixels)
+    values = to_uint16(img.pixels)
     p = write_dicom(tmp_path / "v.dcm", make_dicom_dataset(values, variant=variant, laterality="R", view="MLO"))
     loaded = read_image(p)
     assert (loaded.laterality, loaded.view) == ("R", "MLO")

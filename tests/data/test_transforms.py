@@ -1,19 +1,10 @@
-"""Augmentation presets keep boxes on their pixels; model boxes map back to prepared pixels."""
+"""Augmentation presets keep boxes on their pixels."""
 
 import numpy as np
 import pytest
 import torch
 
-from mammodetr.data.transforms import (
-    PRESETS,
-    AugmentPreset,
-    augment,
-    base_transform,
-    boxes_cxcywh_to_xyxy,
-    boxes_xyxy_to_cxcywh,
-    get_preset,
-    model_boxes_to_image,
-)
+from mammodetr.data.transforms import PRESETS, AugmentPreset, augment, get_preset
 
 S = 64
 
@@ -78,32 +69,3 @@ def test_box_pushed_out_is_dropped():
         assert b.shape[0] == int(keep.sum())
         dropped += int((~keep).sum())
     assert dropped > 0
-
-
-@pytest.mark.parametrize("letterbox", [False, True])
-def test_model_boxes_to_image_inverts_base_transform(letterbox):
-    hw = (300, 180)
-    t = base_transform(hw, S, letterbox)
-    assert t.output_size_hw == (S, S)
-    boxes_px = np.array([[10.0, 20.0, 100.0, 250.0], [0.0, 0.0, 180.0, 300.0]])
-    model = t.apply_boxes_xyxy(boxes_px) / S
-    cxcywh = boxes_xyxy_to_cxcywh(torch.tensor(model))
-    back = model_boxes_to_image(cxcywh, hw, S, letterbox)
-    assert back.dtype == torch.float32
-    np.testing.assert_allclose(back.numpy(), boxes_px, atol=1e-3)
-
-
-def test_letterbox_geometry_by_hand():
-    # 300 x 180 -> scale 64/300: 64 x 38 (38.4 rounded), padded 13 left and 13 right
-    t = base_transform((300, 180), S, letterbox=True)
-    box = t.apply_boxes_xyxy([[0, 0, 180, 300]])[0]
-    np.testing.assert_allclose(box, [13, 0, 13 + 38, 64])
-    # model box covering the whole input maps to the whole image, clipped out of the padding
-    full = model_boxes_to_image(torch.tensor([[0.5, 0.5, 1.0, 1.0]]), (300, 180), S, True)
-    np.testing.assert_allclose(full.numpy(), [[0, 0, 180, 300]], atol=1e-4)
-
-
-def test_box_format_helpers_round_trip():
-    b = torch.tensor([[1.0, 2.0, 5.0, 9.0]])
-    assert torch.allclose(boxes_cxcywh_to_xyxy(boxes_xyxy_to_cxcywh(b)), b)
-    assert boxes_xyxy_to_cxcywh(b).tolist() == [[3.0, 5.5, 4.0, 7.0]]

@@ -48,7 +48,8 @@ def ground_truth_predictions(root: Path, rng, noise: float = 0.0) -> list[dict]:
         by_img.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
     rows = []
     for im in coco["images"]:
-        boxes = np.asarray(by_img.get(im["id"], []), dtype=float).reshape(-1, 4) + rng.normal(0, noise, (len(by_img.get(im["id"], [])), 4))
+        true_boxes = by_img.get(im["id"], [])
+        boxes = np.asarray(true_boxes, dtype=float).reshape(-1, 4) + rng.normal(0, noise, (len(true_boxes), 4))
         extra = rng.uniform(0, 30, (1, 2))
         boxes = np.r_[boxes, np.c_[extra, extra + 5]][:3]
         scores = np.r_[rng.uniform(0.6, 1.0, len(boxes) - 1), rng.uniform(0, 0.5, 1)]

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from mammodetr.evaluation.compare import compare_runs, load_run
-from mammodetr.evaluation.delong import delong_test
-from mammodetr.evaluation.evaluate import EvaluationOptions, evaluate_split
+from mammodetr.evaluation.evaluate import evaluate_split
+from mammodetr.inference.predictions import read_predictions
+from mammodetr.metrics.delong import delong_test
+from mammodetr.metrics.scoring import EvaluationOptions
 
 from ._synthetic import ground_truth_predictions, make_prepared_dataset
 
@@ -14,8 +16,7 @@ def _eval(tmp_path, data, name, seed, noise):
     rows = ground_truth_predictions(data, np.random.default_rng(seed), noise=noise)
     p = tmp_path / f"{name}.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    evaluate_split(data, tmp_path / name, predictions_path=p, options=EvaluationOptions(n_bootstrap=100),
-                   report=False)
+    evaluate_split(data, tmp_path / name, read_predictions(p), EvaluationOptions(n_bootstrap=100), report=False)
     return tmp_path / name, rows
 
 
@@ -30,7 +31,7 @@ def test_compare_table_and_delong_against_direct_computation(tmp_path):
     for r in b_rows:
         r["p_malignant"] = float(np.clip(r["p_malignant"] * 0.5 + rng.uniform(0, 0.5), 0, 1))
     (tmp_path / "runB.jsonl").write_text("".join(json.dumps(r) + "\n" for r in b_rows))
-    evaluate_split(data, b_dir, predictions_path=tmp_path / "runB.jsonl", options=EvaluationOptions(n_bootstrap=100),
+    evaluate_split(data, b_dir, read_predictions(tmp_path / "runB.jsonl"), EvaluationOptions(n_bootstrap=100),
                    report=False)
     res = compare_runs([load_run(a_dir), load_run(b_dir)], reference="runA")
     t = res["delong"]["runB"]

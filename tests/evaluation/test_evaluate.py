@@ -3,7 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from mammodetr.evaluation.evaluate import TOP_LEVEL_KEYS, EvaluationOptions, evaluate_split, load_split
+from mammodetr.data.ground_truth import load_split
+from mammodetr.evaluation.evaluate import evaluate_split
+from mammodetr.inference.predictions import read_predictions
+from mammodetr.metrics.scoring import TOP_LEVEL_KEYS, EvaluationOptions
 
 from ._synthetic import ground_truth_predictions, make_prepared_dataset
 
@@ -17,8 +20,7 @@ def test_metrics_json_keys_and_perfect_boxes(tmp_path):
     data = make_prepared_dataset(tmp_path / "ds")
     preds = _write_jsonl(tmp_path / "preds.jsonl", ground_truth_predictions(data, np.random.default_rng(0)))
     out = tmp_path / "eval"
-    evaluate_split(data, out, split="test", predictions_path=preds,
-                   options=EvaluationOptions(n_bootstrap=200, max_dets=3))
+    evaluate_split(data, out, read_predictions(preds), EvaluationOptions(n_bootstrap=200, max_dets=3), split="test")
     m = json.loads((out / "metrics.json").read_text())
     nested = {"ci", "froc", "operating_points", "calibration", "breast_level", "subgroups", "meta"}
     assert set(m) == set(TOP_LEVEL_KEYS) | nested
@@ -45,12 +47,12 @@ def test_missing_and_failed_predictions(tmp_path):
     rows = ground_truth_predictions(data, np.random.default_rng(1))
     rows[0] = {"file_name": rows[0]["file_name"], "error": "unreadable"}
     preds = _write_jsonl(tmp_path / "p.jsonl", rows)
-    r = evaluate_split(data, tmp_path / "o", predictions_path=preds, options=EvaluationOptions(n_bootstrap=0),
-                       report=False)
+    r = evaluate_split(data, tmp_path / "o", read_predictions(preds), EvaluationOptions(n_bootstrap=0), report=False)
     assert r.metrics["meta"]["n_failed_predictions"] == 1 and r.metrics["meta"]["n_images"] == len(rows) - 1
     _write_jsonl(tmp_path / "short.jsonl", rows[2:])
     with pytest.raises(ValueError, match="lack 2"):
-        evaluate_split(data, tmp_path / "o2", predictions_path=tmp_path / "short.jsonl", report=False)
+        evaluate_split(data, tmp_path / "o2", read_predictions(tmp_path / "short.jsonl"), EvaluationOptions(),
+                       report=False)
 
 
 def test_unknown_split_and_bad_label(tmp_path):
@@ -81,7 +83,7 @@ def test_cli_evaluate(tmp_path, capsys):
 
 def test_val_threshold_reported_beside_default(tmp_path):
     from mammodetr.cli import main
-    from mammodetr.evaluation.classification import threshold_at_sensitivity
+    from mammodetr.metrics.classification import threshold_at_sensitivity
 
     data = make_prepared_dataset(tmp_path / "ds", n_patients=12)
     coco = json.loads((data / "annotations.json").read_text())

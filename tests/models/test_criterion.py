@@ -92,7 +92,9 @@ def test_matched_box_losses_against_hand_values():
     assert losses["loss_bbox"].item() == pytest.approx(0.2, abs=1e-6)
     # pred [0.4,0.4,0.6,0.6] inside target [0.4,0.3,0.6,0.7]: IoU = 0.04/0.08 = 0.5, hull = union -> GIoU 0.5
     assert losses["loss_giou"].item() == pytest.approx(0.5, abs=1e-6)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(torch.zeros(3), torch.tensor([1.0, 0, 0]), reduction="sum")
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.zeros(3), torch.tensor([1.0, 0, 0]), reduction="sum"
+    )
     assert losses["loss_obj"].item() == pytest.approx(bce.item(), rel=1e-6)
 
 
@@ -100,6 +102,7 @@ def test_ce_option_and_queries_normalisation():
     out = _outputs(aux=0)
     targets = [{"boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2]]), "label": torch.tensor(1)}] * 2
     ce = build_criterion(LossConfig(cls_loss="ce", obj_normalization="queries"), num_aux=0)(out, targets)
-    torch.testing.assert_close(ce["loss_cls"], torch.nn.functional.cross_entropy(out["image_logits"], torch.tensor([1, 1])))
+    expected = torch.nn.functional.cross_entropy(out["image_logits"], torch.tensor([1, 1]))
+    torch.testing.assert_close(ce["loss_cls"], expected)
     with pytest.raises(ValueError, match="cls_loss"):
         build_criterion(LossConfig(cls_loss="hinge"), num_aux=0)

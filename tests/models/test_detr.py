@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from mammodetr import LossConfig, ModelConfig, build_criterion, build_model
+from mammodetr.data.boxes import box_cxcywh_to_xyxy
 from mammodetr.models.backbone import BACKBONES
-from mammodetr.models.box_ops import box_cxcywh_to_xyxy, box_iou
+from mammodetr.models.box_ops import box_iou
 
 SMALL_HEAD = dict(d_model=64, nheads=4, dim_feedforward=128, dec_layers=2)
 
@@ -30,13 +31,17 @@ def test_every_backbone_forward_shapes_and_gradients(name, levels):
         assert torch.isfinite(t).all()
     assert len(model.backbone.channels) == levels
     criterion(out, _targets())["loss"].backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    missing = [
+        n for n, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())
+    ]
     assert not missing, f"parameters without a finite gradient: {missing[:10]}"
 
 
 def test_default_config_is_the_paper():
     cfg = ModelConfig(backbone="resnet50", pretrained="none")
-    assert (cfg.d_model, cfg.num_queries, cfg.nheads, cfg.n_points, cfg.dim_feedforward, cfg.dec_layers) == (256, 3, 8, 4, 1024, 6)
+    got = (cfg.d_model, cfg.num_queries, cfg.nheads, cfg.n_points, cfg.dim_feedforward, cfg.dec_layers)
+    assert got == (256, 3, 8, 4, 1024, 6)
     assert tuple(cfg.dilations) == (1, 2, 4) and cfg.num_classes == 2
     model = build_model(cfg)
     assert model.context[0].branches[1].dilation == (2, 2) and model.context[0].branches[1].padding == (2, 2)
@@ -63,13 +68,15 @@ def _synthetic_pair():
 
 def test_small_model_overfits_two_images():
     torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone="test_convnext", pretrained="none", dropout=0.0, feature_levels=3, **SMALL_HEAD))
+    model = build_model(
+        ModelConfig(backbone="test_convnext", pretrained="none", dropout=0.0, feature_levels=3, **SMALL_HEAD)
+    )
     criterion = build_criterion(LossConfig(), num_aux=1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     images, targets = _synthetic_pair()
     model.train()
     first = None
-    for step in range(200):
+    for _step in range(200):
         losses = criterion(model(images), targets)
         optimizer.zero_grad()
         losses["loss"].backward()

@@ -3,9 +3,9 @@ windowing, block layout, gradients, backbone wrapper and weight-file loading."""
 
 from __future__ import annotations
 
-import os
 import argparse
 import math
+import os
 from pathlib import Path
 
 import pytest

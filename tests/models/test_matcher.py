@@ -38,7 +38,7 @@ def _random_case(g, B, K, sizes):
 def test_matches_brute_force_including_more_targets_than_queries():
     g = torch.Generator().manual_seed(0)
     matcher = HungarianMatcher()
-    for trial in range(30):
+    for _trial in range(30):
         sizes = [int(torch.randint(0, 6, (1,), generator=g)) for _ in range(3)]
         outputs, targets = _random_case(g, 3, 4, sizes)
         indices = matcher(outputs, targets)

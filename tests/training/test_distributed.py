@@ -8,7 +8,8 @@ import torch.multiprocessing as mp
 
 from mammodetr import LossConfig, ModelConfig, build_criterion, build_model
 
-CFG = dict(backbone="test_convnext", pretrained="none", d_model=32, nheads=4, dec_layers=2, dim_feedforward=64, dropout=0.0)
+CFG = dict(backbone="test_convnext", pretrained="none", d_model=32, nheads=4, dec_layers=2, dim_feedforward=64,
+           dropout=0.0)
 
 
 def _batch():

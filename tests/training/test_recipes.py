@@ -33,3 +33,13 @@ def test_cpu_smoke_recipe(tmp_path):
     cfg = _resolved("cpu_smoke", tmp_path)
     assert cfg["train"]["device"] == "cpu" and cfg["model"]["pretrained"] == "none"
     assert cfg["train"]["max_steps_per_epoch"] == 10 and cfg["data"]["image_size"] == 128
+
+
+@pytest.mark.parametrize("recipe", PAPER + ["cpu_smoke"])
+def test_every_recipe_config_round_trips(recipe, tmp_path):
+    from mammodetr.config import RunConfig
+
+    saved = _resolved(recipe, tmp_path)
+    cfg = RunConfig.from_dict(saved)
+    assert cfg.to_dict() == saved
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg

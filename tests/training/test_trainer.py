@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from mammodetr.checkpoint import load_model, resolve_checkpoint
 from mammodetr.cli import main as cli
+from mammodetr.config import RunConfig
 from tests.training.conftest import TINY_MODEL
 
 
@@ -40,14 +41,17 @@ def test_cli_path_prepare_split_train_evaluate(tiny_dataset, tmp_path):
     assert resolved["model"]["backbone"] == "test_convnext" and resolved["data"]["image_size"] == 64
     assert resolved["loss"]["weight_bbox"] == 5.0 and resolved["train"]["patience"] == 150
     model, config = load_model(run)
-    assert config["data"]["prepare"]["crop"] is True  # the preprocessing travels with the checkpoint
+    assert isinstance(config, RunConfig) and config.data.prepare.crop is True  # the preparation travels with it
+    assert RunConfig.from_dict(resolved) == config  # the run folder's config.json is the same config
     out = model(torch.rand(1, 1, 64, 64))
     assert out["pred_boxes"].shape == (1, 3, 4)
     ev = tmp_path / "eval"
     assert cli(["evaluate", "--data", str(tiny_dataset), "--split", "test", "--checkpoint", str(run), "--out", str(ev),
                 "--bootstrap", "50"]) == 0
     metrics = json.loads((ev / "metrics.json").read_text())
-    for key in ("accuracy", "auc", "sensitivity", "specificity", "f1", "f1_weighted", "iou", "iou_top1", "map50", "map25", "recall25"):
+    expected_keys = ("accuracy", "auc", "sensitivity", "specificity", "f1", "f1_weighted", "iou", "iou_top1",
+                     "map50", "map25", "recall25")
+    for key in expected_keys:
         assert key in metrics
 
 
@@ -77,7 +81,7 @@ def test_resume_equals_straight_run(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(crit.SetCriterion, "forward", interrupting_forward)
     assert _train(tiny_dataset, tmp_path / "split", "--epochs", "2", "--augment", "light") == 130
     monkeypatch.setattr(crit.SetCriterion, "forward", original)
-    meta = json.loads((tmp_path / "split" / "checkpoints" / "last" / "config.json").read_text())["meta"]
+    meta = json.loads((tmp_path / "split" / "checkpoints" / "last" / "meta.json").read_text())
     assert meta["interrupted"] and meta["epoch"] == 1 and meta["batch_in_epoch"] == 1
     assert cli(["train", "--resume", str(tmp_path / "split"), "--no-progress"]) == 0
     _assert_same(_weights(tmp_path / "straight"), _weights(tmp_path / "split"))

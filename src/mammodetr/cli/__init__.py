@@ -1,15 +1,23 @@
 """The ``mammodetr`` command line: one subcommand per module in this package.
 
-Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``.
-Modules are imported only when their command runs, so ``mammodetr --help`` stays fast
-and a missing optional dependency only affects the command that needs it.
+Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only
+when their command runs, so ``mammodetr --help`` stays fast and a missing optional dependency only affects the
+command that needs it.
+
+Errors: a user error (a bad path or value, an unreadable input: ``ValueError``/``OSError``) is one line on
+stderr and exit code 2; anything else is an internal failure, one line and exit code 1. ``--debug`` adds the
+traceback to either.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+import traceback
+
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("mammodetr.cli.synth", "generate a synthetic mammography dataset (DICOM or PNG + table)"),
@@ -22,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gradcam": ("mammodetr.cli.gradcam", "Grad-CAM heatmaps on the malignancy logit"),
     "demo": ("mammodetr.cli.demo", "synthetic data -> prepare -> split -> train -> evaluate, offline"),
 }
+# Commands whose progress is worth an INFO line per step (epochs, phases); the others log warnings only.
+_CHATTY = {"train", "demo", "evaluate"}
 
 
 def _module(name: str):
@@ -29,14 +39,27 @@ def _module(name: str):
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mammodetr", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
+    parser = argparse.ArgumentParser(prog="mammodetr", description=__doc__.splitlines()[0], parents=[common])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         # Only the chosen command's module is imported to fill in its arguments.
         if name == command:
             _module(name).add_arguments(p)
     return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _setup_logging(command: str) -> None:
+    fmt = "%(asctime)s %(levelname)s %(message)s" if command in ("train", "demo") else "%(levelname)s %(message)s"
+    logging.basicConfig(level=logging.INFO if command in _CHATTY else logging.WARNING, format=fmt, stream=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,4 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         build_parser().print_help()
         return 2
-    return int(_module(args.command).run(args) or 0)
+    debug = getattr(args, "debug", False)
+    _setup_logging(args.command)
+    try:
+        return int(_module(args.command).run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"mammodetr {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"mammodetr {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if debug:
+            traceback.print_exc()
+        print(f"mammodetr {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+              f"(run with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1

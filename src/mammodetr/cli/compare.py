@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mammodetr.evaluation.compare import compare_runs, comparison_markdown, load_run, write_comparison
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_OR_METRICS",
@@ -12,21 +14,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--names", nargs="+", help="column names, one per run (default: folder names)")
     parser.add_argument("--reference", help="run name the DeLong tests compare against (default: the first)")
     parser.add_argument("--bootstrap", type=int, default=2000,
-                        help="patient-bootstrap resamples for the AUC-difference interval (0 = off)")
+                        help="patient-bootstrap resamples for the AUC-difference interval (0 = off; default: 2000)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from mammodetr.evaluation.compare import compare_runs, comparison_markdown, load_run, write_comparison
-
     if args.names and len(args.names) != len(args.runs):
-        print(f"error: {len(args.names)} names for {len(args.runs)} runs")
-        return 2
-    try:
-        runs = [load_run(p, (args.names or [None] * len(args.runs))[i]) for i, p in enumerate(args.runs)]
-        result = compare_runs(runs, args.reference, n_bootstrap=args.bootstrap)
-    except ValueError as e:
-        print(f"error: {e}")
-        return 2
+        raise ValueError(f"{len(args.names)} names for {len(args.runs)} runs")
+    runs = [load_run(p, (args.names or [None] * len(args.runs))[i]) for i, p in enumerate(args.runs)]
+    result = compare_runs(runs, args.reference, n_bootstrap=args.bootstrap)
     md, _ = write_comparison(result, args.out)
     print(comparison_markdown(result))
     print(f"wrote {md}")

@@ -6,11 +6,15 @@ synth (DICOM) -> prepare -> split -> train a small configuration -> evaluate on 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import sys
 import time
 from pathlib import Path
+
+from mammodetr.atomic import write_json
+from mammodetr.config import RunConfig, apply_overrides
+from mammodetr.evaluation.evaluate import evaluate_checkpoint
+from mammodetr.inference.predictor import Predictor
+from mammodetr.metrics.scoring import EvaluationOptions
+from mammodetr.training.trainer import format_summary, train
 
 DEMO_MODEL = {
     "backbone": "resnet18",
@@ -40,12 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mammodetr.cli import main as cli
-    from mammodetr.evaluation.evaluate import EvaluationOptions, evaluate_split
-    from mammodetr.training.config import RunConfig, apply_overrides
-    from mammodetr.training.trainer import format_summary, train
+    from mammodetr.cli import main as cli  # the package's own entry point (imported here: it imports this module)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     out = Path(args.out)
     raw, data, run_dir, eval_dir = out / "synthetic", out / "dataset", out / "run", out / "evaluation"
     t0 = time.perf_counter()
@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
             "--seed", str(args.seed), *quiet]) != 0:
         return 1
     step("2/5 prepare: read DICOM, crop to the breast, write 16-bit PNGs + COCO annotations")
-    if cli(["prepare", "--source", "csv", "--input", str(raw / "table.csv"), "--out", str(data), "--max-side", "512"]) != 0:
+    if cli(["prepare", "--source", "csv", "--input", str(raw / "table.csv"), "--out", str(data),
+            "--max-side", "512"]) != 0:
         return 1
     step("3/5 patient-level split")
     if cli(["split", "--data", str(data), "--seed", str(args.seed)]) != 0:
@@ -76,12 +77,13 @@ def run(args: argparse.Namespace) -> int:
     summary = train(cfg, progress=not args.no_progress)
     print(format_summary(summary))
     step("5/5 evaluate the best checkpoint on the test split")
-    result = evaluate_split(data, eval_dir, split="test", checkpoint=run_dir,
-                            options=EvaluationOptions(n_bootstrap=args.bootstrap, seed=args.seed))
+    predictor = Predictor.from_checkpoint(run_dir, device="auto")
+    options = EvaluationOptions(n_bootstrap=args.bootstrap, seed=args.seed)
+    result = evaluate_checkpoint(predictor, data, eval_dir, options, split="test", checkpoint=run_dir)
     m = result.metrics
-    headline = {k: m.get(k) for k in ("auc", "sensitivity", "specificity", "accuracy", "map50", "map25", "recall25", "iou")}
-    (out / "demo_summary.json").write_text(json.dumps({"test": headline, "seconds": time.perf_counter() - t0,
-                                                       "seed": args.seed}, indent=2) + "\n", encoding="utf-8")
+    headline_keys = ("auc", "sensitivity", "specificity", "accuracy", "map50", "map25", "recall25", "iou")
+    headline = {k: m.get(k) for k in headline_keys}
+    write_json(out / "demo_summary.json", {"test": headline, "seconds": time.perf_counter() - t0, "seed": args.seed})
     print(f"\nDone in {time.perf_counter() - t0:.0f} s. Test split ({len(result.images)} images):")
     for k, v in headline.items():
         print(f"  {k:12s} {'n/a' if v is None else f'{100 * v:5.1f}%'}")

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
+from pathlib import Path
+
+from mammodetr.atomic import write_json
+from mammodetr.explain.gradcam import DEFAULT_TARGET_LAYER
+from mammodetr.explain.heatmap import explain_files
+from mammodetr.inference.predictor import Predictor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -11,25 +16,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="DICOM/PNG/TIFF files or folders")
     parser.add_argument("--out", required=True, help="output folder for the overlays")
     parser.add_argument("--target-layer", default=None,
-                        help="dotted module path (default: projections.-1, the classifier's input map)")
-    parser.add_argument("--device", default="cpu")
+                        help=f"dotted module path (default: {DEFAULT_TARGET_LAYER}, the classifier's input map)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load weights whose SHA-256 differs from the one recorded (hand-edited weights)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from mammodetr.checkpoint import load_model
-    from mammodetr.evaluation.gradcam import gradcam_files
-
-    try:
-        model, config = load_model(args.checkpoint)
-        records = gradcam_files(model.to(args.device), config, args.images, args.out, device=args.device,
-                                target_layer=args.target_layer)
-    except (ValueError, RuntimeError) as e:
-        print(f"error: {e}")
-        return 2
-    index = Path(args.out) / "gradcam.json"
-    index.write_text(json.dumps(records, indent=2) + "\n")
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, verify=not args.no_verify)
+    records = explain_files(predictor, args.images, args.out, target_layer=args.target_layer)
+    write_json(Path(args.out) / "gradcam.json", records)
     n_err = sum("error" in r for r in records)
     for r in records:
         print(f"{r['file_name']}: {r.get('overlay') or 'error: ' + r['error']}")

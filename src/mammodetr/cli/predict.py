@@ -4,31 +4,53 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from mammodetr.cli.options import default_of
+from mammodetr.inference.inputs import collect_inputs
+from mammodetr.inference.overlay import draw_overlay
+from mammodetr.inference.predictions import Prediction, PredictionError, write_predictions
+from mammodetr.inference.predictor import FileResult, Predictor
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM/PNG/TIFF files or folders")
-    parser.add_argument("--out", required=True, help="predictions.jsonl to write")
+    parser.add_argument("--out", required=True, help="predictions.jsonl to write (one line per image, as it is made)")
     parser.add_argument("--overlay", metavar="DIR", help="also write images with boxes and scores drawn")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cpu")
+    batch = default_of(Predictor, "batch_size")
+    parser.add_argument("--batch-size", type=int, default=batch, help=f"images per forward pass (default: {batch})")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load weights whose SHA-256 differs from the one recorded (hand-edited weights)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _with_overlays(results: Iterator[FileResult], overlay_dir: str | None) -> Iterator[Prediction | PredictionError]:
+    for r in results:
+        if overlay_dir is not None and r.raw is not None and isinstance(r.result, Prediction):
+            try:
+                draw_overlay(r.raw.original, r.result, Path(overlay_dir) / f"{r.path.stem}.png")
+            except OSError as e:
+                log.warning("%s: overlay not written (%s)", r.path, e)
+        yield r.result
 
 
 def run(args: argparse.Namespace) -> int:
-    from mammodetr.checkpoint import load_model
-    from mammodetr.evaluation.predict import predict_files
-    from mammodetr.evaluation.predictions import PredictionError, write_predictions
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
+                                          verify=not args.no_verify)
+    counts = {"ok": 0, "failed": 0}
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        model, config = load_model(args.checkpoint)
-        results = predict_files(model.to(args.device), config, args.inputs, batch_size=args.batch_size,
-                                device=args.device, overlay_dir=args.overlay)
-    except ValueError as e:
-        print(f"error: {e}")
-        return 2
-    path = write_predictions(args.out, results)
-    n_err = sum(isinstance(r, PredictionError) for r in results)
-    print(f"wrote {path}: {len(results) - n_err} predictions, {n_err} failed")
-    return 0 if len(results) > n_err or not results else 1
+    def counted(results):
+        for r in results:
+            counts["failed" if isinstance(r, PredictionError) else "ok"] += 1
+            yield r
+
+    files = collect_inputs(args.inputs)  # a missing input stops here, before the output file is opened
+    results = predictor.iter_files(files, progress=not args.no_progress)
+    path = write_predictions(args.out, counted(_with_overlays(results, args.overlay)))
+    print(f"wrote {path}: {counts['ok']} predictions, {counts['failed']} failed")
+    return 0 if counts["ok"] or not counts["failed"] else 1

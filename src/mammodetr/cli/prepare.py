@@ -1,66 +1,51 @@
-"""``mammodetr prepare``: convert a dataset into a prepared folder (16-bit PNGs + COCO annotations + report)."""
+"""``mammodetr prepare``: convert a dataset into a prepared folder (16-bit PNGs + COCO annotations + report).
+
+The preparation flags (``--crop``, ``--flip-to``, ``--max-side``, ...) are the fields of
+:class:`~mammodetr.data.preprocess.PrepareOptions`, with its defaults and help texts.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import dataclasses
+
+from mammodetr.cli.options import add_dataclass_flags, default_of, given
+from mammodetr.data.converters import SOURCES, convert, vindr
+from mammodetr.data.prepare import prepare_dataset
+from mammodetr.data.preprocess import PrepareOptions
 
 
 def _birads_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated BI-RADS categories like 4,5, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated BI-RADS categories like 4,5, got {text!r}"
+        ) from None
     if not values or any(v < 0 or v > 6 for v in values):
         raise argparse.ArgumentTypeError(f"BI-RADS categories must be 0-6, got {text!r}")
     return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mammodetr.data.converters import SOURCES
-
     parser.add_argument("--source", required=True, choices=list(SOURCES), help="input dataset format")
     parser.add_argument("--input", required=True, help="CSV/JSON file or dataset folder (see docs/data.md)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--images-dir", default=None, help="folder the table's image paths are relative to")
-    parser.add_argument("--max-side", type=int, default=2048, help="cap on the long side (0 = no cap)")
-    parser.add_argument("--flip-to", default="none", choices=["L", "R", "none"],
-                        help="flip every breast to lie on this side of the image (default: keep)")
-    parser.add_argument("--side-source", default="tag", choices=["tag", "image"],
-                        help="where the breast's side comes from when flipping (tag: laterality, else pixels)")
-    parser.add_argument("--no-crop", action="store_true", help="keep the whole image (no breast crop)")
-    parser.add_argument("--crop-margin", type=float, default=0.02)
-    parser.add_argument("--frame", type=int, default=None, help="frame to take from multi-frame DICOMs")
+    add_dataclass_flags(parser, PrepareOptions)
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU cores)")
-    parser.add_argument("--allow-for-processing", action="store_true",
-                        help="accept DICOM 'FOR PROCESSING' (raw detector) images")
-    parser.add_argument("--vindr-positive-birads", type=_birads_list, default=(4, 5),
-                        help="VinDr: BI-RADS categories counted as malignant (default 4,5)")
-    parser.add_argument("--no-progress", action="store_true")
+    birads = default_of(vindr.convert, "positive_birads")
+    parser.add_argument("--vindr-positive-birads", type=_birads_list, default=birads,
+                        help=f"VinDr: BI-RADS categories counted as malignant (default: {','.join(map(str, birads))})")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from mammodetr.data.converters import convert
-    from mammodetr.data.prepare import prepare_dataset
-    from mammodetr.data.preprocess import PrepareOptions
-
-    try:
-        options = PrepareOptions(
-            crop=not args.no_crop,
-            crop_margin=args.crop_margin,
-            flip_to=None if args.flip_to == "none" else args.flip_to,
-            side_source=args.side_source,
-            max_side=args.max_side or None,
-            allow_for_processing=args.allow_for_processing,
-            frame=args.frame,
-        )
-        extra = {"images_dir": args.images_dir} if args.images_dir else {}
-        if args.source == "vindr":
-            extra["positive_birads"] = args.vindr_positive_birads
-        conversion = convert(args.source, args.input, **extra)
-    except ValueError as exc:
-        print(f"mammodetr prepare: {exc}", file=sys.stderr)
-        return 2
+    options = dataclasses.replace(PrepareOptions(), **given(args, PrepareOptions))
+    extra = {"images_dir": args.images_dir} if args.images_dir else {}
+    if args.source == "vindr":
+        extra["positive_birads"] = args.vindr_positive_birads
+    conversion = convert(args.source, args.input, **extra)
     report = prepare_dataset(conversion, args.out, options, workers=args.workers, progress=not args.no_progress)
     labels = ", ".join(f"{k} {v}" for k, v in report["labels"].items())
     print(f"prepared {report['images_prepared']} of {report['images_in_source']} images into {args.out} "

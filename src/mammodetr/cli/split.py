@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from mammodetr.cli.options import default_of
+from mammodetr.data.split import format_counts, split_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="prepared dataset folder (holding annotations.json)")
-    parser.add_argument("--fractions", type=float, nargs=3, default=[0.7, 0.15, 0.15],
-                        metavar=("TRAIN", "VAL", "TEST"), help="split fractions, summing to 1")
-    parser.add_argument("--seed", type=int, default=0)
+    fractions, seed = default_of(split_dataset, "fractions"), default_of(split_dataset, "seed")
+    parser.add_argument("--fractions", type=float, nargs=3, default=fractions, metavar=("TRAIN", "VAL", "TEST"),
+                        help=f"split fractions, summing to 1 (default: {' '.join(map(str, fractions))})")
+    parser.add_argument("--seed", type=int, default=seed, help=f"random seed (default: {seed})")
 
 
 def run(args: argparse.Namespace) -> int:
-    from mammodetr.data.split import format_counts, split_dataset
-
-    try:
-        summary = split_dataset(args.data, args.fractions, args.seed)
-    except ValueError as exc:
-        print(f"mammodetr split: {exc}", file=sys.stderr)
-        return 2
+    summary = split_dataset(args.data, args.fractions, args.seed)
     if summary["official_test_kept"]:
         print("kept the dataset's official test split; validation carved out of training by patient")
         if summary["patients_moved_to_test"]:

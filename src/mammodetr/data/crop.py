@@ -115,7 +115,9 @@ def breast_mask(pixels: np.ndarray, *, work_size: int = WORK_SIZE) -> tuple[np.n
     return labels == (largest + 1), factor, ""
 
 
-def find_breast(pixels: np.ndarray, *, margin: float = 0.02, min_area: float = 0.03, max_area: float = 0.97) -> CropResult:
+def find_breast(
+    pixels: np.ndarray, *, margin: float = 0.02, min_area: float = 0.03, max_area: float = 0.97
+) -> CropResult:
     """Bounding box of the breast, or the whole image with a reason.
 
     Args:
@@ -141,7 +143,8 @@ def find_breast(pixels: np.ndarray, *, margin: float = 0.02, min_area: float = 0
     if area < min_area:
         return CropResult(whole, True, f"largest bright component covers only {area:.1%} of the image", area, side)
     if area > max_area:
-        return CropResult(whole, True, f"bright component covers {area:.1%} of the image (no background found)", area, side)
+        reason = f"bright component covers {area:.1%} of the image (no background found)"
+        return CropResult(whole, True, reason, area, side)
     ys = np.flatnonzero(mask.any(axis=1))
     xs = np.flatnonzero(mask.any(axis=0))
     if factor > 1:

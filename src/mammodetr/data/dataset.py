@@ -9,7 +9,6 @@ against the PNG's modification time and can be turned off (``cache=False``) or m
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -18,26 +17,17 @@ from typing import Optional
 import numpy as np
 import torch
 
+from mammodetr.data.boxes import box_xyxy_to_cxcywh
+from mammodetr.data.ground_truth import ANNOTATIONS, boxes_by_image, label_index, read_annotations, xyxy
+from mammodetr.data.model_input import InputGeometry, input_transform, resize_to_input, to_tensor
+from mammodetr.data.png16 import read_png16
+from mammodetr.data.preprocess import PrepareOptions
 from mammodetr.data.split import check_no_leakage
-from mammodetr.data.transforms import augment, base_transform, boxes_xyxy_to_cxcywh, get_preset
+from mammodetr.data.transforms import augment, get_preset
 
-__all__ = ["MammoDataset", "collate", "load_png16"]
+__all__ = ["MammoDataset", "collate"]
 
 _PATHOLOGY_CODE = {"malignant": 1, "benign": 0}
-
-
-def load_png16(path: str | Path) -> np.ndarray:
-    """Read a prepared PNG as an (H, W) uint16 array (8-bit PNGs are scaled to 16 bits)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()
-        arr = np.asarray(im)
-    if arr.dtype == np.uint8:
-        return arr.astype(np.uint16) * 257
-    if arr.ndim != 2:
-        raise ValueError(f"{path}: expected a grayscale PNG, got shape {arr.shape}")
-    return arr.astype(np.uint16, copy=False)
 
 
 class MammoDataset(torch.utils.data.Dataset):
@@ -49,7 +39,7 @@ class MammoDataset(torch.utils.data.Dataset):
         image_size: S, the side of the square model input.
         augment: preset name ("none", "light", "strong").
         letterbox: keep the aspect ratio and pad (True) or resize plainly (False, as in the paper).
-        seed: augmentation seed (combined with the DataLoader worker's seed so workers differ).
+        seed: augmentation seed; an image's augmentation depends on (seed, epoch, index) only.
         cache: cache the resized image as .npy for fast reloads.
         cache_dir: where the cache goes (default ``<root>/cache``).
 
@@ -62,46 +52,47 @@ class MammoDataset(torch.utils.data.Dataset):
                  letterbox: bool = False, seed: int = 0, cache: bool = True,
                  cache_dir: str | Path | None = None) -> None:
         self.root = Path(root)
-        ann_path = self.root / "annotations.json"
-        if not ann_path.is_file():
-            raise ValueError(f"{ann_path}: not found; run `mammodetr prepare` first")
-        data = json.loads(ann_path.read_text(encoding="utf-8"))
+        data = read_annotations(self.root)
         all_images = data.get("images", [])
-        check_no_leakage(all_images, str(ann_path))
-        if split is not None:
-            if split not in ("train", "val", "test"):
-                raise ValueError(f"split must be train, val, test or None, got {split!r}")
-            if not any(img.get("split") for img in all_images):
-                raise ValueError(f"{ann_path}: no split assigned; run `mammodetr split --data {self.root}`")
-            images = [img for img in all_images if img.get("split") == split]
-        else:
-            images = list(all_images)
+        check_no_leakage(all_images, str(self.root / ANNOTATIONS))
+        self.images = self._select(all_images, split)
         self.split = split
-        self.image_size = int(image_size)
+        self.geometry = InputGeometry(int(image_size), bool(letterbox))
         self.preset = get_preset(augment)
-        self.letterbox = bool(letterbox)
         self.seed = int(seed)
-        self.prepare_options = data.get("info", {}).get("prepare", {})
-        boxes: dict[int, list] = {img["id"]: [] for img in images}
-        for ann in data.get("annotations", []):
-            if ann["image_id"] in boxes:
-                boxes[ann["image_id"]].append(ann)
-        self.images = images
-        self._boxes_xyxy = []
-        self._box_malignant = []
-        for img in images:
-            anns = boxes[img["id"]]
-            b = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                          for a in anns], dtype=np.float32).reshape(-1, 4)
-            self._boxes_xyxy.append(b)
-            self._box_malignant.append(np.array([_PATHOLOGY_CODE.get(a.get("pathology"), -1) for a in anns],
-                                                dtype=np.int64))
+        prepare = data.get("info", {}).get("prepare")
+        self.prepare_options: Optional[PrepareOptions] = PrepareOptions.from_dict(prepare) if prepare else None
+        anns = boxes_by_image(data)
+        self._boxes_xyxy = [xyxy(anns.get(int(img["id"]), [])).astype(np.float32) for img in self.images]
+        self._box_malignant = [
+            np.array([_PATHOLOGY_CODE.get(a.get("pathology"), -1) for a in anns.get(int(img["id"]), [])],
+                     dtype=np.int64)
+            for img in self.images
+        ]
+        self._labels = [label_index(img.get("label"), f"{self.root / ANNOTATIONS}: {img.get('file_name')}")[0]
+                        for img in self.images]
         self.cache_dir: Optional[Path] = None
         if cache:
-            kind = "letterbox" if self.letterbox else "plain"
-            self.cache_dir = Path(cache_dir) if cache_dir else self.root / "cache"
-            self.cache_dir = self.cache_dir / f"{self.image_size}_{kind}"
+            kind = "letterbox" if letterbox else "plain"
+            self.cache_dir = (Path(cache_dir) if cache_dir else self.root / "cache") / f"{int(image_size)}_{kind}"
         self.epoch = 0
+
+    def _select(self, all_images: list[dict], split: Optional[str]) -> list[dict]:
+        if split is None:
+            return list(all_images)
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val, test or None, got {split!r}")
+        if not any(img.get("split") for img in all_images):
+            raise ValueError(f"{self.root / ANNOTATIONS}: no split assigned; run `mammodetr split --data {self.root}`")
+        return [img for img in all_images if img.get("split") == split]
+
+    @property
+    def image_size(self) -> int:
+        return self.geometry.image_size
+
+    @property
+    def letterbox(self) -> bool:
+        return self.geometry.letterbox
 
     def __len__(self) -> int:
         return len(self.images)
@@ -109,7 +100,7 @@ class MammoDataset(torch.utils.data.Dataset):
     @property
     def labels(self) -> list[int]:
         """Image labels (1 = malignant) in dataset order, e.g. for a balanced sampler."""
-        return [int(img["label"] == "malignant") for img in self.images]
+        return list(self._labels)
 
     @property
     def patient_ids(self) -> list[str]:
@@ -136,10 +127,7 @@ class MammoDataset(torch.utils.data.Dataset):
                     return np.load(cached)
             except (OSError, ValueError):
                 pass
-        u16 = load_png16(png)
-        t = base_transform(u16.shape, self.image_size, self.letterbox)
-        out = t.apply_image(u16.astype(np.float32))
-        out = np.clip(out + 0.5, 0, 65535).astype(np.uint16)
+        out, _ = resize_to_input(read_png16(png), self.geometry)
         if cached is not None:
             try:
                 cached.parent.mkdir(parents=True, exist_ok=True)
@@ -147,26 +135,26 @@ class MammoDataset(torch.utils.data.Dataset):
                 np.save(tmp, out)
                 os.replace(tmp, cached)
             except OSError as exc:
-                warnings.warn(f"{self.cache_dir}: cannot write the image cache ({exc}); loading uncached")
+                warnings.warn(f"{self.cache_dir}: cannot write the image cache ({exc}); loading uncached", stacklevel=2)
                 self.cache_dir = None
         return out
 
     def __getitem__(self, index: int):
         img = self.images[index]
         h, w = int(img["height"]), int(img["width"])
-        image = torch.from_numpy(self._base_image(index).astype(np.float32)).mul_(1.0 / 65535.0)[None]
-        t = base_transform((h, w), self.image_size, self.letterbox)
+        image = to_tensor(self._base_image(index))
+        t = input_transform((h, w), self.geometry)
         boxes = torch.from_numpy(t.apply_boxes_xyxy(self._boxes_xyxy[index]).astype(np.float32))
         malignant = torch.from_numpy(self._box_malignant[index])
         if self.preset.name != "none":
             image, boxes, keep = augment(image, boxes, self.preset, self._generator(index))
             malignant = malignant[keep]
         s = float(self.image_size)
-        boxes_cxcywh = (boxes_xyxy_to_cxcywh(boxes) / s).clamp(0.0, 1.0).to(torch.float32).reshape(-1, 4)
+        boxes_cxcywh = (box_xyxy_to_cxcywh(boxes) / s).clamp(0.0, 1.0).to(torch.float32).reshape(-1, 4)
         target = {
             "boxes_cxcywh": boxes_cxcywh,
             "box_malignant": malignant.to(torch.int64),
-            "label": torch.tensor(int(img["label"] == "malignant"), dtype=torch.int64),
+            "label": torch.tensor(self._labels[index], dtype=torch.int64),
             "image_id": int(img["id"]),
             "patient_id": str(img["patient_id"]),
             "file_name": str(img["file_name"]),

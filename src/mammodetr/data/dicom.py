@@ -14,6 +14,7 @@ file's PatientName/PatientID values.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import re
 import warnings
@@ -22,7 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from mammodetr.data.io import ImageReadError, LoadedImage
+from mammodetr.data.image import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage, too_large_reason
 
 REQUIRED_TAGS = (
     "Rows",
@@ -35,7 +36,11 @@ REQUIRED_TAGS = (
     "PixelData",
 )
 # SOP class "Digital Mammography X-Ray Image Storage - For Processing" and its DX/intra-oral siblings.
-_FOR_PROCESSING_SOP = {"1.2.840.10008.5.1.4.1.1.1.2.1", "1.2.840.10008.5.1.4.1.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.3.1"}
+_FOR_PROCESSING_SOP = {
+    "1.2.840.10008.5.1.4.1.1.1.2.1",
+    "1.2.840.10008.5.1.4.1.1.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.1.3.1",
+}
 # Identifier tags (group 0010): PatientName, PatientID, OtherPatientIDs, OtherPatientNames.
 _ID_TAGS = (b"\x10\x00\x10\x00", b"\x10\x00\x20\x00", b"\x10\x00\x00\x10", b"\x10\x00\x01\x10")
 _ID_KEYWORDS = ("PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames")
@@ -273,7 +278,11 @@ def _quiet_pydicom() -> Iterator[list[warnings.WarningMessage]]:
 
 
 def read_dicom(
-    path: Path, *, frame: int | None = None, allow_for_processing: bool = False, max_pixels: int = 100_000_000
+    path: Path,
+    *,
+    frame: int | None = None,
+    allow_for_processing: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> LoadedImage:
     """Read a DICOM file; see :func:`mammodetr.data.io.read_image` for the contract."""
     with _quiet_pydicom() as caught:
@@ -284,23 +293,71 @@ def read_dicom(
     return loaded
 
 
+@dataclasses.dataclass(frozen=True)
+class _Failure:
+    """Builds a file's :class:`ImageReadError`, its patient identifiers scrubbed from the reason.
+
+    Attributes:
+        path: The file, as given.
+        raw: The file's bytes, scanned for identifiers.
+        ds: The parsed dataset once there is one (its parsed identifier values are scrubbed too).
+    """
+
+    path: Any
+    raw: bytes
+    ds: Any = None
+
+    def __call__(self, reason: str) -> ImageReadError:
+        return ImageReadError(self.path, scrub_identifiers(reason, self.raw, self.ds))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Header:
+    """The header values that the checks, the decoder and :attr:`LoadedImage.meta` use."""
+
+    rows: int
+    cols: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_rep: int
+    samples: int
+    photometric: str
+    frames: int
+    intent: str
+    sop_class: str
+    ts: Any  # pydicom.uid.UID of the transfer syntax
+
+
 def _read_dicom(path: Path, frame: int | None, allow_for_processing: bool, max_pixels: int) -> LoadedImage:
-    import pydicom
-    from pydicom.pixels import pixel_array
-
+    # Every check runs on the header before a pixel is decoded (see the module docstring).
     raw = Path(path).read_bytes()
-    ds = None
+    ds = _parse(raw, _Failure(path, raw))
+    fail = _Failure(path, raw, ds)
+    header = _header_values(ds, fail)
+    _check_encoding(header, fail)
+    header = _check_intent(header, allow_for_processing, fail)
+    _check_frames(header, frame, max_pixels, fail)
+    _check_pixel_data(ds, header, fail)
+    stored, index = _decode(ds, header, frame, fail)
+    meta = _header_meta(header, index)
+    stored = _mask_high_bits(stored, header, meta)
+    pixels = _display(stored, ds, header, meta, fail)
+    laterality, view = _tags_to_meta(ds, meta)
+    return LoadedImage(pixels=pixels, laterality=laterality, view=view, meta=meta)
 
-    def fail(reason: str) -> ImageReadError:
-        return ImageReadError(path, scrub_identifiers(reason, raw, ds))
+
+def _parse(raw: bytes, fail: _Failure) -> Any:
+    import pydicom
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(raw))
+        return pydicom.dcmread(io.BytesIO(raw))
     except pydicom.errors.InvalidDicomError as exc:
         raise fail(f"not a DICOM file ({exc})") from None
     except Exception as exc:  # noqa: BLE001
         raise fail(f"cannot parse DICOM header ({type(exc).__name__}: {str(exc)[:200]})") from None
 
+
+def _header_values(ds: Any, fail: _Failure) -> _Header:
     try:
         present = {kw: (kw in ds and ds[kw].value not in (None, b"", "")) for kw in REQUIRED_TAGS}
     except Exception as exc:  # noqa: BLE001 - a corrupt element raises on access
@@ -309,127 +366,174 @@ def _read_dicom(path: Path, frame: int | None, allow_for_processing: bool, max_p
     if missing:
         truncated = " (file truncated?)" if "PixelData" in missing else ""
         raise fail(f"missing required DICOM tag(s): {', '.join(missing)}{truncated}")
-
     try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        bits_allocated, bits_stored = int(ds.BitsAllocated), int(ds.BitsStored)
-        pixel_rep, samples = int(ds.PixelRepresentation), int(ds.SamplesPerPixel)
-        photometric = str(ds.PhotometricInterpretation).strip().upper()
-        frames = int(_first(ds.get("NumberOfFrames")) or 1)
-        intent = str(ds.get("PresentationIntentType") or "").strip().upper()
-        sop_class = str(ds.get("SOPClassUID") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", "") or "")
-        ts = ds.file_meta.TransferSyntaxUID
+        return _Header(
+            rows=int(ds.Rows),
+            cols=int(ds.Columns),
+            bits_allocated=int(ds.BitsAllocated),
+            bits_stored=int(ds.BitsStored),
+            pixel_rep=int(ds.PixelRepresentation),
+            samples=int(ds.SamplesPerPixel),
+            photometric=str(ds.PhotometricInterpretation).strip().upper(),
+            frames=int(_first(ds.get("NumberOfFrames")) or 1),
+            intent=str(ds.get("PresentationIntentType") or "").strip().upper(),
+            sop_class=str(ds.get("SOPClassUID") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", "") or ""),
+            ts=ds.file_meta.TransferSyntaxUID,
+        )
     except Exception as exc:  # noqa: BLE001 - e.g. a non-numeric IS/DS value
         raise fail(f"invalid header value ({type(exc).__name__}: {str(exc)[:200]})") from None
 
+
+def _check_encoding(h: _Header, fail: _Failure) -> None:
+    """Transfer syntax, bit depths and photometric interpretation of a greyscale image we can decode."""
     try:
-        known_syntax = bool(ts.is_transfer_syntax)
+        known_syntax = bool(h.ts.is_transfer_syntax)
     except Exception:  # noqa: BLE001
         known_syntax = False
     if not known_syntax:
-        raise fail(f"unknown transfer syntax UID {str(ts)[:64]!r}")
-    if bits_allocated not in (8, 16, 32):
-        raise fail(f"unsupported BitsAllocated={bits_allocated} (expected 8, 16 or 32)")
-    if not 1 <= bits_stored <= bits_allocated:
-        raise fail(f"BitsStored={bits_stored} is inconsistent with BitsAllocated={bits_allocated}")
-    if pixel_rep not in (0, 1):
-        raise fail(f"invalid PixelRepresentation={pixel_rep}")
-    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise fail(f"not a greyscale image (SamplesPerPixel={samples}, PhotometricInterpretation={photometric})")
-    if frames < 1:
-        raise fail(f"invalid NumberOfFrames={frames}")
-    if intent == "FOR PROCESSING" or sop_class in _FOR_PROCESSING_SOP:
+        raise fail(f"unknown transfer syntax UID {str(h.ts)[:64]!r}")
+    if h.bits_allocated not in (8, 16, 32):
+        raise fail(f"unsupported BitsAllocated={h.bits_allocated} (expected 8, 16 or 32)")
+    if not 1 <= h.bits_stored <= h.bits_allocated:
+        raise fail(f"BitsStored={h.bits_stored} is inconsistent with BitsAllocated={h.bits_allocated}")
+    if h.pixel_rep not in (0, 1):
+        raise fail(f"invalid PixelRepresentation={h.pixel_rep}")
+    if h.samples != 1 or h.photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise fail(
+            f"not a greyscale image (SamplesPerPixel={h.samples}, PhotometricInterpretation={h.photometric})"
+        )
+    if h.frames < 1:
+        raise fail(f"invalid NumberOfFrames={h.frames}")
+
+
+def _check_intent(h: _Header, allow_for_processing: bool, fail: _Failure) -> _Header:
+    """Refuse raw detector images unless allowed; returns the header with the intent the file really has."""
+    if h.intent == "FOR PROCESSING" or h.sop_class in _FOR_PROCESSING_SOP:
         if not allow_for_processing:
             raise fail(
                 "FOR PROCESSING image (raw detector data, not meant for display or reading); "
                 "pass allow_for_processing=True (prepare: --allow-for-processing) to use it anyway"
             )
-        intent = "FOR PROCESSING"
-    if rows * cols * frames > max_pixels:
-        raise fail(f"image too large: {rows}x{cols}x{frames} frames = {rows * cols * frames} pixels > max_pixels={max_pixels}")
-    if rows <= 0 or cols <= 0:
-        raise fail(f"invalid image size Rows={rows} Columns={cols}")
-    if frames > 1 and frame is None:
-        raise fail(f"multi-frame image ({frames} frames); pass frame=k to take one frame")
-    if frame is not None and frame >= frames:
-        raise fail(f"frame={frame} out of range (file has {frames} frame{'s' if frames > 1 else ''})")
+        return dataclasses.replace(h, intent="FOR PROCESSING")
+    return h
 
-    if ts.is_compressed:
+
+def _check_frames(h: _Header, frame: int | None, max_pixels: int, fail: _Failure) -> None:
+    if h.rows * h.cols * h.frames > max_pixels:
+        raise fail(too_large_reason(h.rows, h.cols, h.frames, max_pixels))
+    if h.rows <= 0 or h.cols <= 0:
+        raise fail(f"invalid image size Rows={h.rows} Columns={h.cols}")
+    if h.frames > 1 and frame is None:
+        raise fail(f"multi-frame image ({h.frames} frames); pass frame=k to take one frame")
+    if frame is not None and frame >= h.frames:
+        raise fail(f"frame={frame} out of range (file has {h.frames} frame{'s' if h.frames > 1 else ''})")
+
+
+def _check_pixel_data(ds: Any, h: _Header, fail: _Failure) -> None:
+    """A compressed image needs an installed decoder; an uncompressed one needs all its bytes."""
+    if h.ts.is_compressed:
         from pydicom.pixels import get_decoder
 
         try:
-            decoder = get_decoder(ts)
+            decoder = get_decoder(h.ts)
         except NotImplementedError:
-            raise fail(f"unsupported transfer syntax {ts.name} ({ts})") from None
+            raise fail(f"unsupported transfer syntax {h.ts.name} ({h.ts})") from None
         if not decoder.is_available:
-            raise fail(f"compressed transfer syntax {ts.name} needs a decoder that is not installed: {_install_hint(ts)}")
-    else:
-        n_bytes = len(ds.PixelData)
-        expected = _expected_native_bytes(rows, cols, frames, samples, bits_allocated)
-        if n_bytes < expected:
-            raise fail(f"pixel data truncated: {n_bytes} bytes, expected {expected} for {rows}x{cols}x{frames} frames")
-        if n_bytes % 2:
-            raise fail(f"odd-length pixel data ({n_bytes} bytes; DICOM values have even length)")
+            raise fail(
+                f"compressed transfer syntax {h.ts.name} needs a decoder that is not installed: "
+                f"{_install_hint(h.ts)}"
+            )
+        return
+    # pydicom reads a truncated file without complaint and hands back fewer pixel bytes.
+    n_bytes = len(ds.PixelData)
+    expected = _expected_native_bytes(h.rows, h.cols, h.frames, h.samples, h.bits_allocated)
+    if n_bytes < expected:
+        raise fail(
+            f"pixel data truncated: {n_bytes} bytes, expected {expected} for {h.rows}x{h.cols}x{h.frames} frames"
+        )
+    if n_bytes % 2:
+        raise fail(f"odd-length pixel data ({n_bytes} bytes; DICOM values have even length)")
 
+
+def _decode(ds: Any, h: _Header, frame: int | None, fail: _Failure) -> tuple[np.ndarray, int | None]:
+    """``(stored values (rows, cols), frame index passed to the decoder or None for a single frame)``."""
+    from pydicom.pixels import pixel_array
+
+    index = None if h.frames == 1 else frame
     try:
-        index = None if frames == 1 else frame
         stored = pixel_array(ds, index=index)
     except Exception as exc:  # noqa: BLE001
-        hint = f"; decoder: {_install_hint(ts)}" if ts.is_compressed else ""
-        raise fail(f"cannot decode pixel data ({ts.name}; {type(exc).__name__}: {str(exc)[:200]}){hint}") from None
-    if stored.shape != (rows, cols):
-        raise fail(f"decoded pixel array has shape {stored.shape}, header says {rows}x{cols}")
+        hint = f"; decoder: {_install_hint(h.ts)}" if h.ts.is_compressed else ""
+        raise fail(f"cannot decode pixel data ({h.ts.name}; {type(exc).__name__}: {str(exc)[:200]}){hint}") from None
+    if stored.shape != (h.rows, h.cols):
+        raise fail(f"decoded pixel array has shape {stored.shape}, header says {h.rows}x{h.cols}")
+    return stored, index
 
-    meta: dict[str, Any] = {
+
+def _header_meta(h: _Header, index: int | None) -> dict[str, Any]:
+    return {
         "format": "dicom",
-        "rows": rows,
-        "columns": cols,
-        "bits_allocated": bits_allocated,
-        "bits_stored": bits_stored,
-        "pixel_representation": pixel_rep,
-        "photometric": photometric,
-        "transfer_syntax": str(ts),
-        "transfer_syntax_name": str(ts.name),
-        "number_of_frames": frames,
+        "rows": h.rows,
+        "columns": h.cols,
+        "bits_allocated": h.bits_allocated,
+        "bits_stored": h.bits_stored,
+        "pixel_representation": h.pixel_rep,
+        "photometric": h.photometric,
+        "transfer_syntax": str(h.ts),
+        "transfer_syntax_name": str(h.ts.name),
+        "number_of_frames": h.frames,
         "frame": index if index is not None else 0,
-        "presentation_intent": intent or None,
+        "presentation_intent": h.intent or None,
     }
-    if pixel_rep == 0 and stored.dtype.kind == "u" and bits_stored < stored.dtype.itemsize * 8:
-        limit = (1 << bits_stored) - 1
-        if int(stored.max()) > limit:  # bits above BitsStored (e.g. retired overlays) are not pixel values
-            stored = stored & stored.dtype.type(limit)
-            meta["masked_high_bits"] = True
 
+
+def _mask_high_bits(stored: np.ndarray, h: _Header, meta: dict[str, Any]) -> np.ndarray:
+    if h.pixel_rep == 0 and stored.dtype.kind == "u" and h.bits_stored < stored.dtype.itemsize * 8:
+        limit = (1 << h.bits_stored) - 1
+        if int(stored.max()) > limit:  # bits above BitsStored (e.g. retired overlays) are not pixel values
+            meta["masked_high_bits"] = True
+            return stored & stored.dtype.type(limit)
+    return stored
+
+
+def _display(stored: np.ndarray, ds: Any, h: _Header, meta: dict[str, Any], fail: _Failure) -> np.ndarray:
+    """Stored values -> ``[0, 1]`` display values: modality LUT, VOI LUT, then MONOCHROME1 inversion."""
     try:
         values, modality_desc = apply_modality_lut(stored, ds)
         pixels, voi_desc = apply_voi(values, ds)
     except Exception as exc:  # noqa: BLE001 - malformed LUT/rescale values
         raise fail(f"invalid LUT or rescale values ({type(exc).__name__}: {str(exc)[:200]})") from None
-    if photometric == "MONOCHROME1":
+    if h.photometric == "MONOCHROME1":
         pixels = np.float32(1.0) - pixels
     meta["modality_lut"] = modality_desc
     meta["voi_lut"] = voi_desc
-    meta["inverted"] = photometric == "MONOCHROME1"
+    meta["inverted"] = h.photometric == "MONOCHROME1"
+    return pixels
 
-    def tag_str(keyword: str) -> str | None:
-        try:
-            v = ds.get(keyword)
-        except Exception:  # noqa: BLE001
-            return None
-        v = _first(v) if v is not None else None
-        return str(v).strip().upper() or None if v is not None else None
 
-    laterality = tag_str("ImageLaterality") or tag_str("Laterality")
+def _tag_str(ds: Any, keyword: str) -> str | None:
+    """A tag's (first) value, stripped and upper-cased; None when absent, empty or unreadable."""
+    try:
+        v = ds.get(keyword)
+    except Exception:  # noqa: BLE001
+        return None
+    v = _first(v) if v is not None else None
+    return str(v).strip().upper() or None if v is not None else None
+
+
+def _tags_to_meta(ds: Any, meta: dict[str, Any]) -> tuple[str | None, str | None]:
+    """``(laterality "L"/"R" or None, view)``; Patient Orientation and pixel spacing go into ``meta``."""
+    laterality = _tag_str(ds, "ImageLaterality") or _tag_str(ds, "Laterality")
     if laterality not in ("L", "R"):
         if laterality:
             meta["laterality_tag"] = laterality  # e.g. "B" (both) or "U" (unpaired)
         laterality = None
-    view = tag_str("ViewPosition") or _view_from_code(ds)
+    view = _tag_str(ds, "ViewPosition") or _view_from_code(ds)
     try:
         orientation = ds.get("PatientOrientation")
         if orientation:
-            vals = [str(x).strip().upper() for x in (orientation if not isinstance(orientation, str) else orientation.split("\\"))]
-            meta["patient_orientation"] = vals
+            values = orientation.split("\\") if isinstance(orientation, str) else orientation
+            meta["patient_orientation"] = [str(x).strip().upper() for x in values]
     except Exception:  # noqa: BLE001
         pass
     try:
@@ -438,7 +542,7 @@ def _read_dicom(path: Path, frame: int | None, allow_for_processing: bool, max_p
             meta["pixel_spacing_mm"] = [float(x) for x in spacing]
     except Exception:  # noqa: BLE001
         pass
-    return LoadedImage(pixels=pixels, laterality=laterality, view=view, meta=meta)
+    return laterality, view
 
 
 def _view_from_code(ds: Any) -> str | None:

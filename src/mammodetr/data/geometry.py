@@ -269,12 +269,19 @@ class ImageTransform:
             b = op.apply_boxes(b, size)
         return b
 
-    def invert_boxes_xyxy(self, boxes_xyxy: Any) -> np.ndarray:
-        """Map boxes from output pixels back to input pixels (exact inverse of :meth:`apply_boxes_xyxy`)."""
+    def invert_boxes_xyxy(self, boxes_xyxy: Any, clip: bool = False) -> np.ndarray:
+        """Map boxes from output pixels back to input pixels (exact inverse of :meth:`apply_boxes_xyxy`).
+
+        With ``clip=True`` the boxes are clipped to the image each op received, step by step: a box reaching into
+        letterbox padding, or beyond a crop, ends at the image content instead of extending into what was padded
+        or cropped away (the model never saw it).
+        """
         b = _as_boxes(boxes_xyxy)
         sizes = self._sizes()
         for op, size in zip(reversed(self.ops), reversed(sizes[:-1])):
             b = op.invert_boxes(b, size)
+            if clip:
+                b = clip_boxes_xyxy(b, size)
         return b
 
     def apply_image(self, pixels: np.ndarray) -> np.ndarray:

@@ -13,49 +13,25 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-DEFAULT_MAX_PIXELS = 100_000_000
+from mammodetr.data.crop import breast_side
+from mammodetr.data.dicom import read_dicom, scrub_identifiers
+from mammodetr.data.image import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage, too_large_reason
+from mammodetr.data.laterality import chest_wall_side
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS", "ImageReadError", "LoadedImage", "check_laterality", "read_image", "sniff_format",
+    "sniff_path",
+]
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-
-class ImageReadError(ValueError):
-    """An image could not be read; ``str(err)`` is ``"<path>: <reason>"``.
-
-    Attributes:
-        path: The file that failed, as given.
-        reason: What is wrong with it, in one line.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path = str(path)
-        self.reason = " ".join(str(reason).split())  # always one line
-        super().__init__(f"{self.path}: {self.reason}")
-
-
-@dataclass
-class LoadedImage:
-    """A decoded, normalised image.
-
-    Attributes:
-        pixels: ``float32 (H, W)`` in ``[0, 1]``, 1 = brightest (dense tissue) as a radiologist would see it.
-        laterality: ``"L"``/``"R"`` from DICOM ImageLaterality (else Laterality), or None.
-        view: DICOM ViewPosition such as ``"CC"``/``"MLO"``, or None.
-        meta: Format details (bit depth, photometric interpretation, transfer syntax, LUTs applied, ...).
-            Never holds patient identifiers.
-    """
-
-    pixels: np.ndarray
-    laterality: str | None = None
-    view: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+_SNIFF_BYTES = 132  # the DICOM marker sits at bytes 128-131
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -74,6 +50,19 @@ def sniff_format(head: bytes) -> str | None:
     if head[:2] in (b"P5", b"P2") and len(head) > 2 and head[2:3].isspace():
         return "pgm"
     return None
+
+
+def sniff_path(path: str | os.PathLike[str]) -> str | None:
+    """The image format of a file from its first bytes (see :func:`sniff_format`); None if unknown or unreadable.
+
+    Never raises on a missing or unreadable file, so it can filter a folder listing.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_SNIFF_BYTES)
+    except OSError:
+        return None
+    return sniff_format(head)
 
 
 def read_image(
@@ -103,6 +92,26 @@ def read_image(
         ImageReadError: Missing, empty, unknown, corrupt, refused or oversized file.
     """
     p = Path(path)
+    _check_file(path, p)
+    if frame is not None and (not isinstance(frame, (int, np.integer)) or frame < 0):
+        raise ImageReadError(path, f"frame must be a non-negative integer, got {frame!r}")
+    fmt = _sniff_file(path, p)
+    try:
+        loaded = _decode(p, fmt, frame, allow_for_processing, max_pixels)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError(path, "out of memory while decoding") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure becomes one clear line
+        msg = scrub_identifiers(str(exc), p) if fmt == "dicom" else str(exc)
+        raise ImageReadError(path, f"cannot decode {fmt} ({type(exc).__name__}: {msg[:300]})") from None
+    loaded.pixels = _validated(path, loaded.pixels)
+    loaded.meta.setdefault("format", fmt)
+    return loaded
+
+
+def _check_file(path: str | os.PathLike[str], p: Path) -> None:
+    """Refuse a missing, inaccessible, directory or empty path."""
     try:
         size = p.stat().st_size
     except FileNotFoundError:
@@ -113,57 +122,39 @@ def read_image(
         raise ImageReadError(path, "is a directory, not an image file")
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
-    if frame is not None and (not isinstance(frame, (int, np.integer)) or frame < 0):
-        raise ImageReadError(path, f"frame must be a non-negative integer, got {frame!r}")
+
+
+def _sniff_file(path: str | os.PathLike[str], p: Path) -> str:
+    """The format of an existing, non-empty file, from its first bytes; refused when unknown."""
     try:
         with open(p, "rb") as fh:
-            head = fh.read(132)
+            head = fh.read(_SNIFF_BYTES)
     except OSError as exc:
         raise ImageReadError(path, f"cannot read file ({exc.strerror or type(exc).__name__})") from None
-
     fmt = sniff_format(head)
     if fmt is None:
         if p.suffix.lower() in (".dcm", ".dicom"):
-            reason = "not a DICOM file: no 'DICM' marker at byte 128"
-        else:
-            reason = "unrecognised image format (expected DICOM, PNG, TIFF, PGM or JPEG)"
-        raise ImageReadError(path, reason)
+            raise ImageReadError(path, "not a DICOM file: no 'DICM' marker at byte 128")
+        raise ImageReadError(path, "unrecognised image format (expected DICOM, PNG, TIFF, PGM or JPEG)")
+    return fmt
 
-    try:
-        if fmt == "dicom":
-            from mammodetr.data.dicom import read_dicom
 
-            loaded = read_dicom(p, frame=frame, allow_for_processing=allow_for_processing, max_pixels=max_pixels)
-        elif fmt == "pgm":
-            loaded = _read_pgm(p, frame=frame, max_pixels=max_pixels)
-        elif fmt == "tiff":
-            loaded = _read_tiff(p, frame=frame, max_pixels=max_pixels)
-        else:
-            loaded = _read_pillow(p, fmt, frame=frame, max_pixels=max_pixels)
-    except ImageReadError:
-        raise
-    except MemoryError:
-        raise ImageReadError(path, "out of memory while decoding") from None
-    except Exception as exc:  # noqa: BLE001 - any decoder failure becomes one clear line
-        from mammodetr.data.dicom import scrub_identifiers
-
-        msg = scrub_identifiers(str(exc), p) if fmt == "dicom" else str(exc)
-        raise ImageReadError(path, f"cannot decode {fmt} ({type(exc).__name__}: {msg[:300]})") from None
-
-    loaded.pixels = _validated(path, loaded.pixels)
-    loaded.meta.setdefault("format", fmt)
-    return loaded
+def _decode(p: Path, fmt: str, frame: int | None, allow_for_processing: bool, max_pixels: int) -> LoadedImage:
+    if fmt == "dicom":
+        return read_dicom(p, frame=frame, allow_for_processing=allow_for_processing, max_pixels=max_pixels)
+    if fmt == "pgm":
+        return _read_pgm(p, frame=frame, max_pixels=max_pixels)
+    if fmt == "tiff":
+        return _read_tiff(p, frame=frame, max_pixels=max_pixels)
+    return _read_pillow(p, fmt, frame=frame, max_pixels=max_pixels)
 
 
 def check_laterality(loaded: LoadedImage, pixels: np.ndarray | None = None) -> str | None:
-    """Compare the recorded laterality with the side of the image the breast lies on.
+    """Compare the side the tags put the chest wall on with the side of the image the breast lies on.
 
-    Convention (DICOM PS3.3 C.7.6.1.1.1: the first Patient Orientation value is the patient direction of
-    the image's +x axis): ``"A"`` means the nipple points to the image's right, so the chest wall is on the
-    image's left (:func:`~mammodetr.data.crop.breast_side` == ``"L"``); ``"P"`` puts the chest wall on the
-    right (``"R"``). Without Patient Orientation the standard display is assumed (L CC ``A\\R``, R CC
-    ``P\\L``, L MLO ``A\\F``, R MLO ``P\\F``): a left breast has its chest wall on the image's left, a right
-    breast on the image's right, so the expected side equals the laterality.
+    The tags' side comes from :func:`~mammodetr.data.laterality.chest_wall_side` (Patient Orientation, else
+    the laterality under the standard display); the image's side from
+    :func:`~mammodetr.data.crop.breast_side`.
 
     Args:
         loaded: The image as read (``laterality`` and ``meta["patient_orientation"]`` are used).
@@ -172,17 +163,8 @@ def check_laterality(loaded: LoadedImage, pixels: np.ndarray | None = None) -> s
     Returns:
         A one-line warning when tag and image disagree, else None (also None when nothing can be checked).
     """
-    from mammodetr.data.crop import breast_side
-
-    orientation = loaded.meta.get("patient_orientation")
-    row_dir = orientation[0].upper() if orientation else ""
-    if row_dir.startswith("A"):
-        expected, why = "L", f"Patient Orientation row direction {row_dir!r}"
-    elif row_dir.startswith("P"):
-        expected, why = "R", f"Patient Orientation row direction {row_dir!r}"
-    elif loaded.laterality in ("L", "R"):
-        expected, why = loaded.laterality, f"laterality {loaded.laterality} under the standard display"
-    else:
+    expected, why = chest_wall_side(loaded.laterality, loaded.meta.get("patient_orientation"))
+    if expected is None:
         return None
     side = breast_side(loaded.pixels if pixels is None else pixels)
     if side == expected:
@@ -209,9 +191,7 @@ def _check_size(path: Path, rows: int, cols: int, frames: int, max_pixels: int) 
     if rows <= 0 or cols <= 0:
         raise ImageReadError(path, f"invalid image size {rows}x{cols}")
     if rows * cols * frames > max_pixels:
-        raise ImageReadError(
-            path, f"image too large: {rows}x{cols}x{frames} frames = {rows * cols * frames} pixels > max_pixels={max_pixels}"
-        )
+        raise ImageReadError(path, too_large_reason(rows, cols, frames, max_pixels))
 
 
 def _to_gray(arr: np.ndarray) -> np.ndarray:

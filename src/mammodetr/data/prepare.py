@@ -21,24 +21,26 @@ import json
 import multiprocessing
 import os
 import secrets
-import struct
 import sys
 import time
-import zlib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+from tqdm import tqdm
 
+from mammodetr.atomic import write_json
 from mammodetr.data.geometry import ImageTransform
+from mammodetr.data.image import ImageReadError, to_uint16
+from mammodetr.data.png16 import write_png16
 from mammodetr.data.preprocess import PrepareOptions, preprocess_image
 from mammodetr.data.records import LABELS, Conversion, ImageRecord, Problem, opaque_id
 
-__all__ = ["prepare_dataset", "write_json_atomic", "save_png16", "encode_png16", "map_box", "STATE_FILE"]
+__all__ = ["prepare_dataset", "map_box", "STATE_FILE", "ANNOTATIONS_FILE", "REPORT_FILE"]
 
 STATE_FILE = "prepare_state.json"
 ANNOTATIONS_FILE = "annotations.json"
@@ -46,50 +48,6 @@ REPORT_FILE = "prepare_report.json"
 CATEGORIES = [{"id": 1, "name": "lesion", "supercategory": "lesion"}]
 # Differences below this many prepared pixels are rounding of the resize, not a box leaving the crop.
 _CLIP_TOLERANCE_PX = 0.5
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Write JSON via a temporary file and ``os.replace`` so readers never see a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def encode_png16(u16: np.ndarray) -> bytes:
-    """Encode a (H, W) uint16 array as a 16-bit grayscale PNG.
-
-    Pillow's encoder spends most of a prepare step's time here; this one uses the PNG "Up" filter on every row
-    (mammograms are smooth from row to row) and zlib's run-length strategy, which is about 3x faster than
-    Pillow at compress level 1 and gives a slightly smaller file. Any PNG reader decodes it.
-    """
-    h, w = u16.shape
-    rows = np.ascontiguousarray(u16, dtype=">u2").view(np.uint8).reshape(h, 2 * w)
-    filtered = np.empty((h, 2 * w + 1), np.uint8)
-    filtered[:, 0] = 2  # filter type Up: byte minus the byte above (mod 256)
-    filtered[0, 0] = 0  # first row: no row above, filter None
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
-    comp = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    data = comp.compress(filtered.tobytes()) + comp.flush()
-    header = struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0)  # 16-bit, grayscale, deflate, adaptive, no interlace
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
-
-
-def save_png16(pixels, path: Path) -> None:
-    """Save a (H, W) float image in [0, 1] as a 16-bit grayscale PNG (atomically: temp file + rename)."""
-    scaled = np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0)
-    scaled *= np.float32(65535.0)
-    scaled += np.float32(0.5)
-    u16 = scaled.astype(np.uint16)  # truncation after +0.5 = rounding
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    tmp.write_bytes(encode_png16(u16))
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -104,11 +62,9 @@ class _Job:
 
 def _prepare_one(job: _Job) -> dict:
     """Worker: prepare one image and write its PNG. Never raises: failures come back as ``{"error": ...}``."""
-    from mammodetr.data.io import ImageReadError
-
     try:
         prepared = preprocess_image(job.source, job.options, laterality=job.laterality, view=job.view)
-        save_png16(prepared.pixels, Path(job.out_png))
+        write_png16(job.out_png, to_uint16(prepared.pixels))
     except ImageReadError as exc:
         return {"index": job.index, "error": exc.reason}
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the dataset
@@ -194,10 +150,96 @@ def _source_name(record: ImageRecord, root: Optional[Path]) -> str:
     return str(record.image_path)
 
 
+
+
+def _log_to_stderr(line: str) -> None:
+    tqdm.write(line, file=sys.stderr)  # through tqdm, so a progress bar on the terminal stays intact
+
+
+@dataclass
+class _Run:
+    """One :func:`prepare_dataset` call: its inputs, what an earlier run left, and the problems met so far.
+
+    Attributes:
+        conversion: The converter's records and problems.
+        out: The output folder.
+        options: Preprocessing options.
+        emit: Where each problem line goes.
+        salt: Salt of the opaque file names and ids (kept from an earlier run, so names stay stable).
+        old_entries: The earlier run's state, per file name (source stat, options hash, worker result).
+        old_splits: The earlier run's split per ``file_name`` (``mammodetr split`` writes them).
+        options_hash: Hash of ``options``; an image prepared with other options is prepared again.
+        problems: Every problem reported, in order.
+    """
+
+    conversion: Conversion
+    out: Path
+    options: PrepareOptions
+    emit: Callable[[str], None]
+    salt: str
+    old_entries: dict
+    old_splits: dict
+    options_hash: str
+    problems: list[Problem] = field(default_factory=list)
+
+    def report(self, problem: Problem) -> None:
+        self.problems.append(problem)
+        self.emit(problem.line())
+
+    def where(self, record: ImageRecord) -> str:
+        return _source_name(record, self.conversion.input_root)
+
+
+@dataclass
+class _Plan:
+    """The images to prepare and how.
+
+    Attributes:
+        records: Unique records whose image file exists, in key order; index ``i`` names an image everywhere.
+        names: Output file name per record (a salted hash of the source and key).
+        stats: Source ``[size, mtime_ns]`` per record (None when it cannot be read).
+        results: Worker result per record index: filled from the earlier run for reused images, then by the jobs.
+        jobs: One per image that needs preparing in this run.
+    """
+
+    records: list[ImageRecord]
+    names: list[str]
+    stats: list[Optional[list[int]]]
+    results: dict[int, dict]
+    jobs: list[_Job]
+
+
+@dataclass
+class _Dataset:
+    """The contents of annotations.json and prepare_state.json, and the counts the report gives.
+
+    Attributes:
+        images: COCO image entries.
+        annotations: COCO annotation entries (bbox in prepared pixels).
+        state_entries: prepare_state.json's ``images``, per file name.
+        label_counts: Images per label.
+        split_counts: Images per split kept from an earlier ``mammodetr split`` ("unassigned" otherwise).
+        n_with_boxes: Images with at least one box kept.
+        n_boxes: Boxes kept.
+        crop_fallbacks: Images whose breast crop fell back to the whole image.
+        side_mismatches: Images whose laterality tag and breast side disagree.
+    """
+
+    images: list[dict] = field(default_factory=list)
+    annotations: list[dict] = field(default_factory=list)
+    state_entries: dict = field(default_factory=dict)
+    label_counts: Counter = field(default_factory=Counter)
+    split_counts: Counter = field(default_factory=Counter)
+    n_with_boxes: int = 0
+    n_boxes: int = 0
+    crop_fallbacks: list[dict] = field(default_factory=list)
+    side_mismatches: list[dict] = field(default_factory=list)
+
+
 def prepare_dataset(
     conversion: Conversion,
     out_dir: str | Path,
-    options: PrepareOptions = PrepareOptions(),
+    options: PrepareOptions | None = None,
     *,
     workers: Optional[int] = None,
     progress: bool = True,
@@ -208,7 +250,8 @@ def prepare_dataset(
     Args:
         conversion: records and problems from a converter.
         out_dir: output folder (created; an earlier run's images are reused when unchanged).
-        options: preprocessing options (the same ones ``predict`` must use later; stored in annotations.json).
+        options: preprocessing options (default ``PrepareOptions()``; the same ones ``predict`` must use later;
+            stored in annotations.json).
         workers: worker processes (default: all CPU cores; 0 or 1 runs in this process).
         progress: show a tqdm progress bar.
         log: where each problem line goes (default: stderr, through tqdm so the bar stays intact).
@@ -216,177 +259,216 @@ def prepare_dataset(
     Returns:
         The report dict also written to ``prepare_report.json``.
     """
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
-    out = Path(out_dir)
+    run = _start(conversion, Path(out_dir), options or PrepareOptions(), log or _log_to_stderr)
+    plan = _plan(run, _unique_records(run))
+    n_workers = (os.cpu_count() or 1) if workers is None else max(0, int(workers))
+    _run_jobs(plan, n_workers, progress)
+    dataset = _assemble(run, plan)
+    return _write_outputs(run, plan, dataset, n_workers, time.perf_counter() - t0)
+
+
+def _start(conversion: Conversion, out: Path, options: PrepareOptions, emit: Callable[[str], None]) -> _Run:
+    """Create the output folder, report the converter's problems, and load what an earlier run left."""
     (out / "images").mkdir(parents=True, exist_ok=True)
-    emit = log or (lambda line: tqdm.write(line, file=sys.stderr))
-    problems: list[Problem] = []
-
-    def report(problem: Problem) -> None:
-        problems.append(problem)
-        emit(problem.line())
-
-    for p in conversion.problems:
-        report(p)
-
     state = _load_json(out / STATE_FILE) or {}
-    salt = state.get("salt") or secrets.token_hex(16)
-    old_entries: dict = state.get("images", {})
     old_annotations = _load_json(out / ANNOTATIONS_FILE) or {}
-    old_splits = {img.get("file_name"): img.get("split") for img in old_annotations.get("images", [])}
-    opt_hash = _options_hash(options)
+    run = _Run(
+        conversion=conversion,
+        out=out,
+        options=options,
+        emit=emit,
+        salt=state.get("salt") or secrets.token_hex(16),
+        old_entries=state.get("images", {}),
+        old_splits={img.get("file_name"): img.get("split") for img in old_annotations.get("images", [])},
+        options_hash=_options_hash(options),
+    )
+    for problem in conversion.problems:
+        run.report(problem)
+    return run
 
-    # Unique, existing images only; duplicates and missing files are reported once each.
+
+def _unique_records(run: _Run) -> list[ImageRecord]:
+    """Unique, existing images only; duplicates and missing files are reported once each."""
     records: list[ImageRecord] = []
     seen_keys: dict[str, str] = {}
     seen_paths: dict[Path, str] = {}
-    for rec in sorted(conversion.records, key=lambda r: r.key):
-        where = _source_name(rec, conversion.input_root)
+    for rec in sorted(run.conversion.records, key=lambda r: r.key):
+        where = run.where(rec)
         resolved = rec.image_path.resolve()
         if rec.key in seen_keys or resolved in seen_paths:
             first = seen_keys.get(rec.key) or seen_paths.get(resolved)
-            report(Problem(where, f"duplicate image id {rec.key!r} (also {first})", "skipped image"))
+            run.report(Problem(where, f"duplicate image id {rec.key!r} (also {first})", "skipped image"))
             continue
         seen_keys[rec.key] = where
         seen_paths[resolved] = where
         if not rec.image_path.is_file():
-            report(Problem(where, "image file not found", "skipped image"))
+            run.report(Problem(where, "image file not found", "skipped image"))
             continue
         records.append(rec)
+    return records
 
-    names = [hashlib.sha256(f"{salt}\x00{conversion.source}\x00{r.key}".encode()).hexdigest()[:20] + ".png"
+
+def _plan(run: _Run, records: list[ImageRecord]) -> _Plan:
+    """Name every image, reuse those an earlier run prepared from the same file and options, queue the rest."""
+    source = run.conversion.source
+    names = [hashlib.sha256(f"{run.salt}\x00{source}\x00{r.key}".encode()).hexdigest()[:20] + ".png"
              for r in records]
-    stats = [_stat_key(r.image_path) for r in records]
-    results: dict[int, dict] = {}
-    jobs: list[_Job] = []
-    for i, (rec, name, st) in enumerate(zip(records, names, stats)):
-        old = old_entries.get(name)
-        if (old and old.get("stat") == st and old.get("options") == opt_hash
-                and old.get("laterality_in") == rec.laterality and (out / "images" / name).is_file()):
-            results[i] = dict(old["result"], index=i)
+    plan = _Plan(records, names, [_stat_key(r.image_path) for r in records], {}, [])
+    images = run.out / "images"
+    for i, (rec, name, st) in enumerate(zip(records, names, plan.stats, strict=True)):
+        old = run.old_entries.get(name)
+        if (old and old.get("stat") == st and old.get("options") == run.options_hash
+                and old.get("laterality_in") == rec.laterality and (images / name).is_file()):
+            plan.results[i] = dict(old["result"], index=i)
             continue
-        jobs.append(_Job(i, str(rec.image_path), str(out / "images" / name), rec.laterality, rec.view, options))
-    reused = len(records) - len(jobs)
+        plan.jobs.append(_Job(i, str(rec.image_path), str(images / name), rec.laterality, rec.view, run.options))
+    return plan
 
-    n_workers = (os.cpu_count() or 1) if workers is None else max(0, int(workers))
+
+def _run_jobs(plan: _Plan, n_workers: int, progress: bool) -> None:
+    """Run every job, in this process or in worker processes; results go into ``plan.results``."""
+    jobs = plan.jobs
     bar = tqdm(total=len(jobs), desc="prepare", unit="img", disable=not progress or not jobs, file=sys.stderr)
     try:
         if n_workers <= 1 or len(jobs) <= 1:
-            iterator = map(_prepare_one, jobs)
-            for res in iterator:
-                results[res["index"]] = res
+            for res in map(_prepare_one, jobs):
+                plan.results[res["index"]] = res
                 bar.update(1)
         else:
-            chunksize = max(1, min(16, len(jobs) // (n_workers * 4)))
-            try:
-                with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=_mp_context()) as pool:
-                    for res in pool.map(_prepare_one, jobs, chunksize=chunksize):
-                        results[res["index"]] = res
-                        bar.update(1)
-            except BrokenProcessPool:
-                # A worker died (e.g. a decoder crashed on a corrupt file): retry the unfinished images one per
-                # fresh process, so only the file that kills its process is lost.
-                for job in (j for j in jobs if j.index not in results):
-                    try:
-                        with ProcessPoolExecutor(max_workers=1, mp_context=_mp_context()) as single:
-                            results[job.index] = single.submit(_prepare_one, job).result()
-                    except BrokenProcessPool:
-                        results[job.index] = {"index": job.index, "error": "the worker process died reading it"}
-                    bar.update(1)
+            _run_pool(plan, n_workers, bar)
     finally:
         bar.close()
 
-    images_out, annotations_out = [], []
-    new_entries: dict = {}
-    label_counts: Counter = Counter()
-    split_counts: Counter = Counter()
-    n_with_boxes = n_boxes = 0
-    crop_fallbacks, side_mismatches = [], []
-    for i, rec in enumerate(records):
-        res = results[i]
-        where = _source_name(rec, conversion.input_root)
+
+def _run_pool(plan: _Plan, n_workers: int, bar) -> None:
+    jobs = plan.jobs
+    chunksize = max(1, min(16, len(jobs) // (n_workers * 4)))
+    try:
+        with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=_mp_context()) as pool:
+            for res in pool.map(_prepare_one, jobs, chunksize=chunksize):
+                plan.results[res["index"]] = res
+                bar.update(1)
+    except BrokenProcessPool:
+        # A worker died (e.g. a decoder crashed on a corrupt file): retry the unfinished images one per fresh
+        # process, so only the file that kills its process is lost.
+        for job in (j for j in jobs if j.index not in plan.results):
+            try:
+                with ProcessPoolExecutor(max_workers=1, mp_context=_mp_context()) as single:
+                    plan.results[job.index] = single.submit(_prepare_one, job).result()
+            except BrokenProcessPool:
+                plan.results[job.index] = {"index": job.index, "error": "the worker process died reading it"}
+            bar.update(1)
+
+
+def _assemble(run: _Run, plan: _Plan) -> _Dataset:
+    """Turn the worker results into COCO entries, report per-image problems, and count for the report."""
+    dataset = _Dataset()
+    for i, rec in enumerate(plan.records):
+        res = plan.results[i]
+        where = run.where(rec)
         if "error" in res:
-            report(Problem(where, res["error"], "skipped image"))
+            run.report(Problem(where, res["error"], "skipped image"))
             continue
-        name = names[i]
-        new_entries[name] = {"stat": stats[i], "options": opt_hash, "laterality_in": rec.laterality,
-                             "result": {k: v for k, v in res.items() if k != "index"}}
+        name = plan.names[i]
+        dataset.state_entries[name] = {"stat": plan.stats[i], "options": run.options_hash,
+                                       "laterality_in": rec.laterality,
+                                       "result": {k: v for k, v in res.items() if k != "index"}}
         transform = ImageTransform.from_dict(res["transform"])
-        image_id = len(images_out) + 1
-        if res["crop_fallback"]:
-            crop_fallbacks.append({"file_name": name, "source": where, "reason": res["crop_reason"]})
-            report(Problem(where, f"breast crop fell back to the whole image ({res['crop_reason']})", "note"))
-        if res["side_mismatch"]:
-            side_mismatches.append({"file_name": name, "source": where})
-            report(Problem(where, "laterality tag and the side the breast lies on disagree; flipped by the tag",
+        image_id = len(dataset.images) + 1
+        _report_notes(run, dataset, name, where, res)
+        boxes_kept = _add_boxes(run, dataset, rec, where, image_id, transform)
+        dataset.n_boxes += boxes_kept
+        dataset.n_with_boxes += boxes_kept > 0
+        dataset.label_counts[rec.label] += 1
+        split = run.old_splits.get(f"images/{name}")
+        dataset.split_counts[split or "unassigned"] += 1
+        dataset.images.append(_image_entry(run, rec, res, name, image_id, where, split))
+    return dataset
+
+
+def _report_notes(run: _Run, dataset: _Dataset, name: str, where: str, res: dict) -> None:
+    if res["crop_fallback"]:
+        dataset.crop_fallbacks.append({"file_name": name, "source": where, "reason": res["crop_reason"]})
+        run.report(Problem(where, f"breast crop fell back to the whole image ({res['crop_reason']})", "note"))
+    if res["side_mismatch"]:
+        dataset.side_mismatches.append({"file_name": name, "source": where})
+        run.report(Problem(where, "laterality tag and the side the breast lies on disagree; flipped by the tag",
                            "note"))
-        boxes_kept = 0
-        for box in rec.boxes:
-            mapped, problem, action = map_box(box.as_list(), transform)
-            if problem:
-                report(Problem(where, problem, action))
-            if mapped is None:
-                continue
-            x1, y1, x2, y2 = mapped
-            annotations_out.append({
-                "id": len(annotations_out) + 1, "image_id": image_id, "category_id": 1,
-                "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                "area": round((x2 - x1) * (y2 - y1), 3), "iscrowd": 0,
-                "pathology": box.pathology, "lesion_type": box.lesion_type,
-            })
-            boxes_kept += 1
-        n_boxes += boxes_kept
-        n_with_boxes += boxes_kept > 0
-        label_counts[rec.label] += 1
-        split = old_splits.get(f"images/{name}")
-        split_counts[split or "unassigned"] += 1
-        images_out.append({
-            "id": image_id, "file_name": f"images/{name}", "width": res["width"], "height": res["height"],
-            "patient_id": opaque_id("patient", rec.patient_id, salt),
-            "label": rec.label,
-            "laterality": res["laterality"] or rec.laterality,
-            "view": res["view"] or rec.view,
-            "study_id": opaque_id("study", rec.study_id, salt) if rec.study_id else None,
-            "source": where,
-            "official_split": rec.official_split,
-            "split": split,
-            "crop_fallback": res["crop_fallback"],
-            "transform": res["transform"],
-            "extra": rec.extra,
+
+
+def _add_boxes(run: _Run, dataset: _Dataset, rec: ImageRecord, where: str, image_id: int,
+               transform: ImageTransform) -> int:
+    """Map the record's boxes into prepared pixels and append them as annotations; returns how many were kept."""
+    kept = 0
+    for box in rec.boxes:
+        mapped, problem, action = map_box(box.as_list(), transform)
+        if problem:
+            run.report(Problem(where, problem, action))
+        if mapped is None:
+            continue
+        x1, y1, x2, y2 = mapped
+        dataset.annotations.append({
+            "id": len(dataset.annotations) + 1, "image_id": image_id, "category_id": 1,
+            "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+            "area": round((x2 - x1) * (y2 - y1), 3), "iscrowd": 0,
+            "pathology": box.pathology, "lesion_type": box.lesion_type,
         })
-    elapsed = time.perf_counter() - t0
+        kept += 1
+    return kept
+
+
+def _image_entry(run: _Run, rec: ImageRecord, res: dict, name: str, image_id: int, where: str,
+                 split: Optional[str]) -> dict:
+    return {
+        "id": image_id, "file_name": f"images/{name}", "width": res["width"], "height": res["height"],
+        "patient_id": opaque_id("patient", rec.patient_id, run.salt),
+        "label": rec.label,
+        "laterality": res["laterality"] or rec.laterality,
+        "view": res["view"] or rec.view,
+        "study_id": opaque_id("study", rec.study_id, run.salt) if rec.study_id else None,
+        "source": where,
+        "official_split": rec.official_split,
+        "split": split,
+        "crop_fallback": res["crop_fallback"],
+        "transform": res["transform"],
+        "extra": rec.extra,
+    }
+
+
+def _write_outputs(run: _Run, plan: _Plan, dataset: _Dataset, n_workers: int, elapsed: float) -> dict:
+    """Write annotations.json, prepare_state.json and prepare_report.json; returns the report."""
+    options, conversion = run.options, run.conversion
     annotations = {
         "info": {"description": "mammodetr prepared dataset", "source": conversion.source,
                  "prepare": options.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-        "images": images_out,
-        "annotations": annotations_out,
+        "images": dataset.images,
+        "annotations": dataset.annotations,
         "categories": CATEGORIES,
     }
-    write_json_atomic(out / ANNOTATIONS_FILE, annotations)
-    write_json_atomic(out / STATE_FILE, {"salt": salt, "images": new_entries})
-    prepared_now = len(jobs) - sum("error" in results[j.index] for j in jobs)
-    report_data = {
+    write_json(run.out / ANNOTATIONS_FILE, annotations, indent=1)
+    write_json(run.out / STATE_FILE, {"salt": run.salt, "images": dataset.state_entries}, indent=1)
+    prepared_now = len(plan.jobs) - sum("error" in plan.results[j.index] for j in plan.jobs)
+    report = {
         "source": conversion.source,
         "images_in_source": len(conversion.records),
-        "images_prepared": len(images_out),
+        "images_prepared": len(dataset.images),
         "images_prepared_this_run": prepared_now,
-        "images_reused_from_earlier_run": reused,
-        "images_skipped": len(conversion.records) - len(images_out),
-        "labels": {lab: label_counts.get(lab, 0) for lab in LABELS},
-        "images_with_boxes": n_with_boxes,
-        "images_without_boxes": len(images_out) - n_with_boxes,
-        "boxes": n_boxes,
-        "splits": dict(split_counts),
-        "crop_fallbacks": crop_fallbacks,
-        "side_mismatches": side_mismatches,
-        "problems": [p.to_dict() for p in problems],
-        "problem_counts": dict(Counter(p.action for p in problems)),
+        "images_reused_from_earlier_run": len(plan.records) - len(plan.jobs),
+        "images_skipped": len(conversion.records) - len(dataset.images),
+        "labels": {lab: dataset.label_counts.get(lab, 0) for lab in LABELS},
+        "images_with_boxes": dataset.n_with_boxes,
+        "images_without_boxes": len(dataset.images) - dataset.n_with_boxes,
+        "boxes": dataset.n_boxes,
+        "splits": dict(dataset.split_counts),
+        "crop_fallbacks": dataset.crop_fallbacks,
+        "side_mismatches": dataset.side_mismatches,
+        "problems": [p.to_dict() for p in run.problems],
+        "problem_counts": dict(Counter(p.action for p in run.problems)),
         "options": options.to_dict(),
         "workers": n_workers,
         "seconds": round(elapsed, 3),
         "images_per_second_this_run": round(prepared_now / elapsed, 3) if elapsed > 0 and prepared_now else None,
     }
-    write_json_atomic(out / REPORT_FILE, report_data)
-    return report_data
+    write_json(run.out / REPORT_FILE, report, indent=1)
+    return report

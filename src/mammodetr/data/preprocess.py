@@ -6,22 +6,25 @@ in an :class:`~mammodetr.data.geometry.ImageTransform` mapping ORIGINAL pixels t
 
 Laterality normalisation: ``flip_to="L"`` makes every breast lie on the left of the image (chest wall on the
 left), ``"R"`` on the right. Which side a breast lies on is taken, with ``side_source="tag"`` (default), from the
-DICOM Patient Orientation when present, else the laterality (table or DICOM tag) under the standard display
-convention (a right breast is shown with its chest wall on the right of the image, a left breast on the left),
-or from the pixels (``breast_side``) when there is no
-laterality; ``side_source="image"`` always uses the pixels. When both are known and disagree, ``side_mismatch``
-is set so ``prepare`` can report it.
+tags (:func:`~mammodetr.data.laterality.chest_wall_side`: DICOM Patient Orientation when present, else the
+laterality from the table or DICOM tag under the standard display), or from the pixels (``breast_side``) when
+the tags do not tell; ``side_source="image"`` always uses the pixels. When both are known and disagree,
+``side_mismatch`` is set so ``prepare`` can report it.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 
+from mammodetr.data.crop import breast_side, find_breast
 from mammodetr.data.geometry import ImageTransform
+from mammodetr.data.image import DEFAULT_MAX_PIXELS
+from mammodetr.data.io import read_image
+from mammodetr.data.laterality import chest_wall_side, normalise_laterality
 
 __all__ = ["PrepareOptions", "PreparedImage", "preprocess_image", "preprocess_pixels", "capped_size_hw"]
 
@@ -34,25 +37,25 @@ class PrepareOptions:
 
     Attributes:
         crop: crop to the breast (``find_breast``); False keeps the whole image.
-        crop_margin: margin around the breast box, as a fraction of the image size.
+        crop_margin: margin added on each side of the breast box, as a fraction of the image height/width.
         flip_to: "L" | "R" | None — flip so every breast lies on this side of the image; None keeps the side.
-        side_source: "tag" (laterality if known, else the pixels) or "image" (always the pixels).
+        side_source: "tag" (Patient Orientation, else laterality, else the pixels) or "image" (always the pixels).
         max_side: cap on the long side of the prepared image (downscaled, never upscaled); None keeps the size.
         resize_filter: Pillow filter for the downscale ("lanczos", "bicubic", "bilinear", "box", ...).
         allow_for_processing: accept DICOM "FOR PROCESSING" images (refused by default).
-        frame: frame to take from a multi-frame DICOM (refused when None).
+        frame: frame (DICOM) or page (TIFF) to take from a multi-frame file; None refuses multi-frame files.
         max_pixels: refuse images with more decoded pixels than this.
     """
 
     crop: bool = True
     crop_margin: float = 0.02
-    flip_to: Optional[str] = None
-    side_source: str = "tag"
+    flip_to: Optional[Literal["L", "R"]] = None
+    side_source: Literal["tag", "image"] = "tag"
     max_side: Optional[int] = 2048
     resize_filter: str = "bicubic"
     allow_for_processing: bool = False
     frame: Optional[int] = None
-    max_pixels: int = 100_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         flip = self.flip_to
@@ -116,33 +119,6 @@ def capped_size_hw(size_hw: tuple[int, int], max_side: Optional[int]) -> tuple[i
     return (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
 
 
-def _norm_side(value: Optional[str]) -> Optional[str]:
-    if value is None:
-        return None
-    v = str(value).strip().upper()
-    if v in ("L", "LEFT"):
-        return "L"
-    if v in ("R", "RIGHT"):
-        return "R"
-    return None
-
-
-def _side_from_tags(laterality: Optional[str], meta: dict) -> Optional[str]:
-    """Image side of the chest wall implied by the tags (same convention as ``io.check_laterality``).
-
-    DICOM Patient Orientation's row direction "A" means the nipple points to the image's right, so the chest
-    wall (and the breast) is on the image's left; "P" the opposite. Without it the standard display is assumed:
-    a left breast lies on the image's left, a right breast on the right.
-    """
-    orientation = meta.get("patient_orientation")
-    row_dir = str(orientation[0]).upper() if orientation else ""
-    if row_dir.startswith("A"):
-        return "L"
-    if row_dir.startswith("P"):
-        return "R"
-    return laterality
-
-
 def preprocess_pixels(
     pixels: np.ndarray,
     options: PrepareOptions,
@@ -160,8 +136,6 @@ def preprocess_pixels(
         view: the view if known.
         meta: reader metadata to pass through.
     """
-    from mammodetr.data.crop import breast_side, find_breast
-
     if pixels.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {pixels.shape}")
     transform = ImageTransform(pixels.shape[:2])
@@ -175,12 +149,12 @@ def preprocess_pixels(
         if (x0, y0, x1, y1) != (0, 0, pixels.shape[1], pixels.shape[0]):
             transform = transform.crop(x0, y0, x1, y1)
 
-    laterality = _norm_side(laterality)
+    laterality = normalise_laterality(laterality)
     side_mismatch = False
     if options.flip_to is not None:
         if side_from_image is None:
             side_from_image = breast_side(pixels)
-        tag_side = _side_from_tags(laterality, meta or {})
+        tag_side, _ = chest_wall_side(laterality, (meta or {}).get("patient_orientation"))
         side_mismatch = tag_side is not None and side_from_image is not None and tag_side != side_from_image
         side = tag_side if (options.side_source == "tag" and tag_side is not None) else side_from_image
         if side in _SIDES and side != options.flip_to:
@@ -226,8 +200,6 @@ def preprocess_image(
     Raises:
         mammodetr.data.io.ImageReadError: the file cannot be read (message names the file and the problem).
     """
-    from mammodetr.data.io import read_image
-
     loaded = read_image(
         path,
         frame=options.frame,
@@ -237,7 +209,7 @@ def preprocess_image(
     return preprocess_pixels(
         loaded.pixels,
         options,
-        laterality=laterality if _norm_side(laterality) else loaded.laterality,
+        laterality=laterality if normalise_laterality(laterality) else loaded.laterality,
         view=view or loaded.view,
         meta=loaded.meta,
     )

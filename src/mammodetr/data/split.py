@@ -16,6 +16,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from mammodetr.atomic import write_json
+from mammodetr.data.prepare import ANNOTATIONS_FILE
 from mammodetr.data.records import LABELS, SPLITS, worst_label
 
 __all__ = ["LeakageError", "check_no_leakage", "assign_splits", "split_dataset", "split_counts"]
@@ -61,8 +63,8 @@ def _allocate(n: int, fractions: Sequence[float], carry: list[float]) -> list[in
     ``carry`` (updated in place) holds what earlier strata were given too much or too little, so small strata
     do not all round the same way (three strata of one patient become train, val, test rather than 3 x train).
     """
-    raw = [n * f + c for f, c in zip(fractions, carry)]
-    counts = [max(0, int(np.floor(r))) if f > 0 else 0 for r, f in zip(raw, fractions)]
+    raw = [n * f + c for f, c in zip(fractions, carry, strict=True)]
+    counts = [max(0, int(np.floor(r))) if f > 0 else 0 for r, f in zip(raw, fractions, strict=True)]
     while sum(counts) > n:  # only when a negative carry was clamped at zero
         i = max(range(len(counts)), key=lambda k: counts[k] - raw[k])
         counts[i] -= 1
@@ -164,8 +166,6 @@ def split_dataset(data_dir: str | Path, fractions: Sequence[float] = (0.7, 0.15,
     Raises:
         ValueError: no annotations.json, or bad fractions.
     """
-    from mammodetr.data.prepare import ANNOTATIONS_FILE, write_json_atomic
-
     path = Path(data_dir) / ANNOTATIONS_FILE
     if not path.is_file():
         raise ValueError(f"{path}: not found; run `mammodetr prepare` first")
@@ -179,8 +179,8 @@ def split_dataset(data_dir: str | Path, fractions: Sequence[float] = (0.7, 0.15,
     check_no_leakage(images, str(path))  # cannot fail by construction; guards future edits
     summary = {**info, "counts": split_counts(images)}
     data.setdefault("info", {})["split"] = summary
-    write_json_atomic(path, data)
-    write_json_atomic(Path(data_dir) / "split_report.json", summary)
+    write_json(path, data, indent=1)
+    write_json(Path(data_dir) / "split_report.json", summary, indent=1)
     return summary
 
 

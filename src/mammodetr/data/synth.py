@@ -3,8 +3,7 @@
 Each patient gets four views (L/R x CC/MLO). The picture is built in a canonical frame with the chest wall
 on the left, then mirrored for right breasts, so that the stored images follow the standard display (DICOM
 Patient Orientation L CC ``A\\R``, R CC ``P\\L``, L MLO ``A\\F``, R MLO ``P\\F``): a left breast lies against
-the image's left edge, a right breast against the right edge (see ``check_laterality`` in
-:mod:`mammodetr.data.io`).
+the image's left edge, a right breast against the right edge (see :mod:`mammodetr.data.laterality`).
 
 Ingredients: a breast outline (half-ellipse on CC; on MLO a drooping outline with the axillary tail and a
 pectoral-muscle triangle in the upper chest-wall corner), a thickness fall-off toward the skin line,
@@ -26,23 +25,34 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm import tqdm
+
+from mammodetr.data.image import to_uint16
+from mammodetr.data.png16 import write_png16
 
 LABELS = ("normal", "benign", "malignant")
 DICOM_VARIANTS = ("mono2", "mono1", "window", "mono1_window", "sigmoid")
-TABLE_COLUMNS = ("image_path", "patient_id", "label", "laterality", "view", "study_id", "x1", "y1", "x2", "y2", "lesion_label")
+TABLE_COLUMNS = (
+    "image_path", "patient_id", "label", "laterality", "view", "study_id", "x1", "y1", "x2", "y2", "lesion_label"
+)
 # Patient Orientation (row direction \ column direction) for the standard display used here.
-PATIENT_ORIENTATION = {("L", "CC"): ("A", "R"), ("R", "CC"): ("P", "L"), ("L", "MLO"): ("A", "F"), ("R", "MLO"): ("P", "F")}
+PATIENT_ORIENTATION = {
+    ("L", "CC"): ("A", "R"), ("R", "CC"): ("P", "L"), ("L", "MLO"): ("A", "F"), ("R", "MLO"): ("P", "F")
+}
 
 
 @dataclass(frozen=True)
 class SynthOptions:
     """Knobs of the generator; the defaults are tuned so a small model learns at 64-128 px input.
 
+    "Breast width" below is the smaller of the breast's chest-wall-to-nipple depth and its height. The outline
+    and texture are computed on a grid whose long side is ``work_size`` and upsampled for larger images (the
+    "fast mode" for full-field images); lesions are always drawn at full resolution.
+
     Attributes:
         p_normal: Fraction of normal patients.
-        p_benign: Fraction of patients with a benign lesion (the rest have a malignant one).
-        lesion_size: Range of lesion (or calcification cluster) diameter as a fraction of the breast width
-            (the smaller of its chest-wall-to-nipple depth and its height).
+        p_benign: Fraction of patients with a benign lesion; the other 1 - p_normal - p_benign have a malignant one.
+        lesion_size: Range of lesion (or calcification cluster) diameter as a fraction of the breast width.
         benign_contrast: Peak added intensity of a circumscribed mass.
         malignant_contrast: Peak added intensity of a spiculated mass core.
         calc_contrast: Peak added intensity of a calcification.
@@ -51,9 +61,8 @@ class SynthOptions:
         p_second_lesion: Chance that a malignant breast also holds a benign mass.
         density_range: Range of the breast density (0 fatty .. 1 extremely dense).
         noise: Standard deviation of the per-pixel noise inside the breast.
-        work_size: Long side of the grid on which outline and texture are computed; larger images get them
-            upsampled (the "fast mode" for full-field images). Lesions are always drawn at full resolution.
-        variants: DICOM encodings to draw from (see :data:`DICOM_VARIANTS`).
+        work_size: Long side of the grid on which outline and texture are computed.
+        variants: DICOM encodings to draw from (see DICOM_VARIANTS).
     """
 
     p_normal: float = 0.4
@@ -168,7 +177,8 @@ def _upsample(a: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.array(img, dtype=np.float32)  # writable copy
 
 
-def _lesion_patch(spec: LesionSpec, radius_px: float, rd_range: tuple[float, float], breast_px: float) -> tuple[np.ndarray, np.ndarray, int]:
+def _lesion_patch(spec: LesionSpec, radius_px: float, rd_range: tuple[float, float], breast_px: float
+                  ) -> tuple[np.ndarray, np.ndarray, int]:
     """Draw one lesion on a square patch centred on it.
 
     Returns:
@@ -183,56 +193,83 @@ def _lesion_patch(spec: LesionSpec, radius_px: float, rd_range: tuple[float, flo
         reach = r + max(1.0, breast_px * rd_range[1]) + 1
     half = int(math.ceil(reach)) + 3
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float32)
-    theta = np.arctan2(yy, xx)
-    dist = np.hypot(xx, yy)
+    grid = _PatchGrid(xx, yy, np.arctan2(yy, xx), np.hypot(xx, yy))
     if spec.kind == "circumscribed":
-        aspect = rng.uniform(0.65, 1.0)
-        rot = rng.uniform(0, math.pi)
-        c, s = math.cos(rot), math.sin(rot)
-        xr, yr = c * xx + s * yy, -s * xx + c * yy
-        lobes = 1.0 + 0.04 * np.cos(2 * theta + rng.uniform(0, 6.3)) + 0.03 * np.cos(3 * theta + rng.uniform(0, 6.3))
-        rho = np.hypot(xr / r, yr / (r * aspect)) / lobes
-        mask = rho < 1.0
-        intensity = spec.contrast * np.clip((1.0 - rho) / 0.25, 0.0, 1.0) ** 0.6
+        intensity, mask = _circumscribed(rng, grid, r, spec.contrast)
     elif spec.kind == "spiculated":
-        core_r = r * 0.75
-        mod = np.ones_like(theta)
-        for k in range(2, 6):
-            mod += rng.uniform(0.0, 0.12) * np.cos(k * theta + rng.uniform(0, 2 * math.pi))
-        rho = dist / (core_r * mod)
-        core = rho < 1.0
-        intensity = spec.contrast * np.clip(1.0 - rho**2, 0.0, 1.0) ** 0.35
-        spic = np.zeros_like(core)
-        spic_int = np.zeros_like(intensity)
-        n_spic = int(rng.integers(9, 17))
-        width0 = max(0.9, 0.13 * core_r)
-        for k in range(n_spic):
-            ang = 2 * math.pi * (k + rng.uniform(-0.3, 0.3)) / n_spic
-            length = core_r * rng.uniform(1.5, 2.8)
-            d = np.array([math.cos(ang), math.sin(ang)], dtype=np.float32)
-            t = np.clip(xx * d[0] + yy * d[1], 0.0, length)
-            perp = np.hypot(xx - t * d[0], yy - t * d[1])
-            on = perp < width0 * (1.0 - 0.7 * t / length)
-            spic |= on
-            spic_int = np.maximum(spic_int, np.where(on, 0.75 * spec.contrast * (1.0 - 0.6 * t / length), 0.0))
-        mask = core | spic
-        intensity = np.maximum(intensity, spic_int)
+        intensity, mask = _spiculated(rng, grid, r, spec.contrast)
     elif spec.kind == "calcifications":
-        n = int(rng.integers(7, 17))
-        mask = np.zeros(dist.shape, bool)
-        intensity = np.zeros(dist.shape, np.float32)
-        for _ in range(n):
-            a, rr = rng.uniform(0, 2 * math.pi), r * math.sqrt(rng.uniform(0, 1))
-            cx, cy = rr * math.cos(a), rr * math.sin(a)
-            rd = max(1.0, breast_px * rng.uniform(*rd_range))
-            d2 = np.hypot(xx - cx, yy - cy) / rd
-            on = d2 < 1.0
-            mask |= on
-            intensity = np.maximum(intensity, np.where(on, spec.contrast * np.sqrt(np.clip(1 - d2**2, 0, 1)) + 0.3 * spec.contrast, 0.0))
+        intensity, mask = _calcifications(rng, grid, r, spec.contrast, rd_range, breast_px)
     else:
         raise ValueError(f"unknown lesion kind {spec.kind!r}")
     intensity = ndimage.gaussian_filter(intensity.astype(np.float32), sigma=max(0.5, r * 0.03))
     return intensity.astype(np.float32), mask, half
+
+
+@dataclass(frozen=True)
+class _PatchGrid:
+    """Pixel offsets from a lesion patch's centre: ``xx``, ``yy``, their angle and distance, all ``(S, S)``."""
+
+    xx: np.ndarray
+    yy: np.ndarray
+    theta: np.ndarray
+    dist: np.ndarray
+
+
+def _circumscribed(rng: np.random.Generator, g: _PatchGrid, r: float, contrast: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """A benign mass: a slightly lobulated, rotated ellipse with a sharp margin."""
+    aspect = rng.uniform(0.65, 1.0)
+    rot = rng.uniform(0, math.pi)
+    c, s = math.cos(rot), math.sin(rot)
+    xr, yr = c * g.xx + s * g.yy, -s * g.xx + c * g.yy
+    lobes = 1.0 + 0.04 * np.cos(2 * g.theta + rng.uniform(0, 6.3)) + 0.03 * np.cos(3 * g.theta + rng.uniform(0, 6.3))
+    rho = np.hypot(xr / r, yr / (r * aspect)) / lobes
+    return contrast * np.clip((1.0 - rho) / 0.25, 0.0, 1.0) ** 0.6, rho < 1.0
+
+
+def _spiculated(rng: np.random.Generator, g: _PatchGrid, r: float, contrast: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """A malignant mass: an irregular core with thin spicules radiating from it."""
+    core_r = r * 0.75
+    mod = np.ones_like(g.theta)
+    for k in range(2, 6):
+        mod += rng.uniform(0.0, 0.12) * np.cos(k * g.theta + rng.uniform(0, 2 * math.pi))
+    rho = g.dist / (core_r * mod)
+    core = rho < 1.0
+    intensity = contrast * np.clip(1.0 - rho**2, 0.0, 1.0) ** 0.35
+    spic = np.zeros_like(core)
+    spic_int = np.zeros_like(intensity)
+    n_spic = int(rng.integers(9, 17))
+    width0 = max(0.9, 0.13 * core_r)
+    for k in range(n_spic):
+        ang = 2 * math.pi * (k + rng.uniform(-0.3, 0.3)) / n_spic
+        length = core_r * rng.uniform(1.5, 2.8)
+        d = np.array([math.cos(ang), math.sin(ang)], dtype=np.float32)
+        t = np.clip(g.xx * d[0] + g.yy * d[1], 0.0, length)
+        perp = np.hypot(g.xx - t * d[0], g.yy - t * d[1])
+        on = perp < width0 * (1.0 - 0.7 * t / length)
+        spic |= on
+        spic_int = np.maximum(spic_int, np.where(on, 0.75 * contrast * (1.0 - 0.6 * t / length), 0.0))
+    return np.maximum(intensity, spic_int), core | spic
+
+
+def _calcifications(rng: np.random.Generator, g: _PatchGrid, r: float, contrast: float,
+                    rd_range: tuple[float, float], breast_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """A malignant cluster: 7-16 bright specks of radius ``rd_range`` x breast width within ``r``."""
+    n = int(rng.integers(7, 17))
+    mask = np.zeros(g.dist.shape, bool)
+    intensity = np.zeros(g.dist.shape, np.float32)
+    for _ in range(n):
+        a, rr = rng.uniform(0, 2 * math.pi), r * math.sqrt(rng.uniform(0, 1))
+        cx, cy = rr * math.cos(a), rr * math.sin(a)
+        rd = max(1.0, breast_px * rng.uniform(*rd_range))
+        d2 = np.hypot(g.xx - cx, g.yy - cy) / rd
+        on = d2 < 1.0
+        mask |= on
+        speck = contrast * np.sqrt(np.clip(1 - d2**2, 0, 1)) + 0.3 * contrast
+        intensity = np.maximum(intensity, np.where(on, speck, 0.0))
+    return intensity, mask
 
 
 def render_mammogram(
@@ -263,63 +300,11 @@ def render_mammogram(
         raise ValueError(f"view must be CC/MLO and laterality L/R, got {view!r}/{laterality!r}")
     H, W = int(size_hw[0]), int(size_hw[1])
     scale = max(1.0, max(H, W) / options.work_size)
-    h, w = max(8, round(H / scale)), max(8, round(W / scale))
     ol = _outline(rng, view)
-
-    # Low-resolution anatomy on the work grid; u = distance from chest wall / width, v = height / height.
-    v = (np.arange(h, dtype=np.float32) + 0.5)[:, None] / h
-    u = (np.arange(w, dtype=np.float32) + 0.5)[None, :] / w
-    wobble = 1.0 + 0.025 * np.sin(2 * math.pi * (rng.uniform(1.5, 3.0) * v + rng.uniform(0, 1)))
-    edge = ol.edge(v) * wobble  # (h, 1)
-    inside = u < edge
-    skin = 0.07 * ol.depth
-    thickness = np.clip((edge - u) / skin, 0.0, 1.0) ** 0.5
-    coarse = powerlaw_noise(rng, (h, w), 3.0)
-    fine = powerlaw_noise(rng, (h, w), 1.8)
-    prior = np.exp(-(((u - 0.4 * edge) / (0.45 * ol.depth + 1e-6)) ** 2) - ((v - ol.cy) / (0.75 * ol.ry)) ** 2)
-    gland_logit = 1.1 * coarse + 0.35 * fine + 2.2 * prior + (4.0 * density - 2.8)
-    gland = 1.0 / (1.0 + np.exp(-gland_logit / 0.45))
-    tissue = (0.26 + 0.34 * gland + 0.03 * fine) * thickness
-    if view == "MLO":
-        pect_edge = ol.pect_top * (1.0 - v / ol.pect_len)
-        pect = np.clip((pect_edge - u) / (0.02 + 1e-6), 0.0, 1.0)  # soft muscle boundary
-        muscle = (0.62 + 0.03 * fine) * np.clip(thickness * 1.5, 0, 1)
-        tissue = tissue * (1 - pect) + muscle * pect
-        inside = inside | (pect > 0)
-    tissue = np.where(inside, tissue, 0.0).astype(np.float32)
-
+    tissue, inside = _anatomy(rng, ol, (max(8, round(H / scale)), max(8, round(W / scale))), density)
     pixels = _upsample(tissue, (H, W))
     inside_full = _upsample(inside.astype(np.float32), (H, W)) > 0.5
-
-    # Lesions at full resolution, positioned relative to the outline.
-    breast_w = min(float(ol.depth) * W, 2 * float(ol.ry) * H)
-    boxes: list[list[int]] = []
-    labels: list[str] = []
-    kinds: list[str] = []
-    for spec in lesions:
-        vy = ol.cy + spec.height * ol.ry * 0.55
-        e = float(ol.edge(np.array([vy]))[0])
-        cx = spec.depth * e * W
-        cy = vy * H
-        radius = spec.diameter * breast_w / 2
-        inten, mask, half = _lesion_patch(spec, radius, options.calc_size, breast_w)
-        ix, iy = int(round(cx)), int(round(cy))
-        x0, y0 = ix - half, iy - half
-        xa, ya = max(0, x0), max(0, y0)
-        xb, yb = min(W, x0 + mask.shape[1]), min(H, y0 + mask.shape[0])
-        if xb <= xa or yb <= ya:
-            continue
-        sub_mask = mask[ya - y0 : yb - y0, xa - x0 : xb - x0] & inside_full[ya:yb, xa:xb]
-        if not sub_mask.any():
-            continue
-        sub_int = inten[ya - y0 : yb - y0, xa - x0 : xb - x0] * inside_full[ya:yb, xa:xb]
-        pixels[ya:yb, xa:xb] += sub_int
-        rows = np.flatnonzero(sub_mask.any(axis=1))
-        cols = np.flatnonzero(sub_mask.any(axis=0))
-        boxes.append([xa + int(cols[0]), ya + int(rows[0]), xa + int(cols[-1]) + 1, ya + int(rows[-1]) + 1])
-        labels.append(spec.pathology)
-        kinds.append(spec.kind)
-
+    boxes, labels, kinds = _draw_lesions(pixels, inside_full, ol, lesions, options)
     if options.noise > 0:
         noise = rng.standard_normal((H, W), dtype=np.float32)
         noise *= np.float32(options.noise)
@@ -340,9 +325,69 @@ def render_mammogram(
     return SynthImage(pixels, boxes_arr, labels, kinds, inside_full)
 
 
-def quantise(pixels: np.ndarray) -> np.ndarray:
-    """``float [0, 1]`` -> ``uint16`` (0..65535)."""
-    return np.round(np.clip(pixels, 0.0, 1.0) * 65535.0).astype(np.uint16)
+def _anatomy(rng: np.random.Generator, ol: _Outline, shape_hw: tuple[int, int], density: float
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue intensity and breast region on the low-resolution work grid, chest wall on the left.
+
+    Returns:
+        ``(tissue float32 (h, w), inside bool (h, w))``.
+    """
+    h, w = shape_hw
+    # u = distance from the chest wall / width, v = height / height.
+    v = (np.arange(h, dtype=np.float32) + 0.5)[:, None] / h
+    u = (np.arange(w, dtype=np.float32) + 0.5)[None, :] / w
+    wobble = 1.0 + 0.025 * np.sin(2 * math.pi * (rng.uniform(1.5, 3.0) * v + rng.uniform(0, 1)))
+    edge = ol.edge(v) * wobble  # (h, 1)
+    inside = u < edge
+    skin = 0.07 * ol.depth
+    thickness = np.clip((edge - u) / skin, 0.0, 1.0) ** 0.5
+    coarse = powerlaw_noise(rng, (h, w), 3.0)
+    fine = powerlaw_noise(rng, (h, w), 1.8)
+    prior = np.exp(-(((u - 0.4 * edge) / (0.45 * ol.depth + 1e-6)) ** 2) - ((v - ol.cy) / (0.75 * ol.ry)) ** 2)
+    gland_logit = 1.1 * coarse + 0.35 * fine + 2.2 * prior + (4.0 * density - 2.8)
+    gland = 1.0 / (1.0 + np.exp(-gland_logit / 0.45))
+    tissue = (0.26 + 0.34 * gland + 0.03 * fine) * thickness
+    if ol.view == "MLO":
+        pect_edge = ol.pect_top * (1.0 - v / ol.pect_len)
+        pect = np.clip((pect_edge - u) / (0.02 + 1e-6), 0.0, 1.0)  # soft muscle boundary
+        muscle = (0.62 + 0.03 * fine) * np.clip(thickness * 1.5, 0, 1)
+        tissue = tissue * (1 - pect) + muscle * pect
+        inside = inside | (pect > 0)
+    return np.where(inside, tissue, 0.0).astype(np.float32), inside
+
+
+def _draw_lesions(pixels: np.ndarray, inside: np.ndarray, ol: _Outline, lesions: Sequence[LesionSpec],
+                  options: SynthOptions) -> tuple[list[list[int]], list[str], list[str]]:
+    """Add each lesion to ``pixels`` (in place, full resolution, only inside the breast).
+
+    Returns:
+        ``(boxes, pathologies, kinds)`` of the lesions that landed in the breast; a box is the bounding box of
+        the lesion's mask, ``[x1, y1, x2, y2]`` end-exclusive.
+    """
+    H, W = pixels.shape
+    breast_w = min(float(ol.depth) * W, 2 * float(ol.ry) * H)
+    boxes: list[list[int]] = []
+    labels: list[str] = []
+    kinds: list[str] = []
+    for spec in lesions:
+        vy = ol.cy + spec.height * ol.ry * 0.55
+        e = float(ol.edge(np.array([vy]))[0])
+        inten, mask, half = _lesion_patch(spec, spec.diameter * breast_w / 2, options.calc_size, breast_w)
+        x0, y0 = int(round(spec.depth * e * W)) - half, int(round(vy * H)) - half
+        xa, ya = max(0, x0), max(0, y0)
+        xb, yb = min(W, x0 + mask.shape[1]), min(H, y0 + mask.shape[0])
+        if xb <= xa or yb <= ya:
+            continue
+        sub_mask = mask[ya - y0 : yb - y0, xa - x0 : xb - x0] & inside[ya:yb, xa:xb]
+        if not sub_mask.any():
+            continue
+        pixels[ya:yb, xa:xb] += inten[ya - y0 : yb - y0, xa - x0 : xb - x0] * inside[ya:yb, xa:xb]
+        rows = np.flatnonzero(sub_mask.any(axis=1))
+        cols = np.flatnonzero(sub_mask.any(axis=0))
+        boxes.append([xa + int(cols[0]), ya + int(rows[0]), xa + int(cols[-1]) + 1, ya + int(rows[-1]) + 1])
+        labels.append(spec.pathology)
+        kinds.append(spec.kind)
+    return boxes, labels, kinds
 
 
 def make_dicom_dataset(
@@ -364,12 +409,30 @@ def make_dicom_dataset(
     Returns:
         A ``pydicom.Dataset`` with file meta (explicit VR little endian).
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     if variant not in DICOM_VARIANTS:
         raise ValueError(f"unknown DICOM variant {variant!r}; choose from {DICOM_VARIANTS}")
     values = np.asarray(values_u16, dtype=np.uint16)
+    ds = _mammogram_header(patient_id, uid_seed)
+    if laterality:
+        ds.ImageLaterality = laterality
+    if view:
+        ds.ViewPosition = view
+    if (laterality, view) in PATIENT_ORIENTATION:
+        ds.PatientOrientation = list(PATIENT_ORIENTATION[(laterality, view)])
+    ds.Rows, ds.Columns = int(values.shape[0]), int(values.shape[1])
+    ds.SamplesPerPixel = 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.ImagerPixelSpacing = [0.1, 0.1]
+    stored = _encode_variant(ds, values, variant)
+    ds.PixelData = np.ascontiguousarray(stored).astype("<u2").tobytes()
+    return ds
+
+
+def _mammogram_header(patient_id: str, uid_seed: str) -> Any:
+    """File meta, UIDs (deterministic given ``uid_seed``), modality and the synthetic patient."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
     sop_class = "1.2.840.10008.5.1.4.1.1.1.2"
     fm = FileMetaDataset()
     fm.MediaStorageSOPClassUID = sop_class
@@ -385,16 +448,11 @@ def make_dicom_dataset(
     ds.PresentationIntentType = "FOR PRESENTATION"
     ds.PatientName = f"SYNTHETIC^{patient_id}"
     ds.PatientID = patient_id
-    if laterality:
-        ds.ImageLaterality = laterality
-    if view:
-        ds.ViewPosition = view
-    if (laterality, view) in PATIENT_ORIENTATION:
-        ds.PatientOrientation = list(PATIENT_ORIENTATION[(laterality, view)])
-    ds.Rows, ds.Columns = int(values.shape[0]), int(values.shape[1])
-    ds.SamplesPerPixel = 1
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.ImagerPixelSpacing = [0.1, 0.1]
+    return ds
+
+
+def _encode_variant(ds: Any, values: np.ndarray, variant: str) -> np.ndarray:
+    """Set the photometric, rescale and window tags of ``variant`` on ``ds``; returns the stored values."""
     stored = values
     top = 0.95 * 65535.0
     if variant in ("mono1", "mono1_window"):
@@ -416,8 +474,7 @@ def make_dicom_dataset(
     elif variant == "sigmoid":
         ds.WindowCenter, ds.WindowWidth = round(0.45 * 65535, 1), 65535.0
         ds.VOILUTFunction = "SIGMOID"
-    ds.PixelData = np.ascontiguousarray(stored).astype("<u2").tobytes()
-    return ds
+    return stored
 
 
 def write_dicom(path: str | os.PathLike[str], ds: Any, *, jpeg2000: bool = False) -> Path:
@@ -431,13 +488,9 @@ def write_dicom(path: str | os.PathLike[str], ds: Any, *, jpeg2000: bool = False
     return path
 
 
-def write_png16(path: str | os.PathLike[str], values_u16: np.ndarray) -> Path:
-    """Write a 16-bit greyscale PNG."""
-    from PIL import Image
-
-    path = Path(path)
-    Image.fromarray(np.ascontiguousarray(values_u16, dtype=np.uint16)).save(path, format="PNG", compress_level=1)
-    return path
+def _lesion_spec(rng: np.random.Generator, options: SynthOptions, kind: str, contrast: float) -> LesionSpec:
+    return LesionSpec(kind, float(rng.uniform(0.3, 0.7)), float(rng.uniform(-1, 1)),
+                      float(rng.uniform(*options.lesion_size)), contrast, int(rng.integers(2**31)))
 
 
 def _patient_plan(rng: np.random.Generator, options: SynthOptions) -> tuple[str, str | None, list[LesionSpec], float]:
@@ -448,18 +501,15 @@ def _patient_plan(rng: np.random.Generator, options: SynthOptions) -> tuple[str,
         return "normal", None, [], density
     label = "benign" if r < options.p_normal + options.p_benign else "malignant"
     side = "L" if rng.uniform() < 0.5 else "R"
-
-    def spec(kind: str, contrast: float) -> LesionSpec:
-        return LesionSpec(kind, float(rng.uniform(0.3, 0.7)), float(rng.uniform(-1, 1)),
-                          float(rng.uniform(*options.lesion_size)), contrast, int(rng.integers(2**31)))
-
     if label == "benign":
-        lesions = [spec("circumscribed", options.benign_contrast)]
+        lesions = [_lesion_spec(rng, options, "circumscribed", options.benign_contrast)]
     else:
-        calc = rng.uniform() < options.calc_fraction
-        lesions = [spec("calcifications", options.calc_contrast) if calc else spec("spiculated", options.malignant_contrast)]
+        if rng.uniform() < options.calc_fraction:
+            lesions = [_lesion_spec(rng, options, "calcifications", options.calc_contrast)]
+        else:
+            lesions = [_lesion_spec(rng, options, "spiculated", options.malignant_contrast)]
         if rng.uniform() < options.p_second_lesion:
-            second = spec("circumscribed", options.benign_contrast)
+            second = _lesion_spec(rng, options, "circumscribed", options.benign_contrast)
             # Keep the two lesions apart: the second one goes to the other half of the breast height.
             h2 = -math.copysign(abs(second.height) * 0.5 + 0.5, lesions[0].height)
             lesions.append(LesionSpec(second.kind, second.depth, h2, second.diameter, second.contrast, second.seed))
@@ -501,9 +551,26 @@ def generate_dataset(
     Returns:
         Path of ``table.csv``.
     """
-    from tqdm import tqdm
-
     options = options or SynthOptions()
+    _check_generate_args(n_patients, fmt, jpeg2000, views, options)
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    writer = _DatasetWriter(out, int(seed), tuple(image_size), fmt, jpeg2000, options)
+    for p in tqdm(range(n_patients), desc="synth", unit="patient", disable=not progress):
+        writer.add_patient(p, views)
+    table = out / "table.csv"
+    with open(table, "w", newline="") as fh:
+        csv_writer = csv.DictWriter(fh, fieldnames=list(TABLE_COLUMNS))
+        csv_writer.writeheader()
+        csv_writer.writerows(writer.rows)
+    info = {"seed": seed, "n_patients": n_patients, "image_size": list(image_size), "format": fmt,
+            "jpeg2000": jpeg2000, "views": list(views), "options": asdict(options), "images": writer.manifest}
+    (out / "synth_manifest.json").write_text(json.dumps(info, indent=1))
+    return table
+
+
+def _check_generate_args(n_patients: int, fmt: str, jpeg2000: bool, views: Sequence[str],
+                         options: SynthOptions) -> None:
     if fmt not in ("dicom", "png"):
         raise ValueError(f"fmt must be 'dicom' or 'png', got {fmt!r}")
     if jpeg2000 and fmt != "dicom":
@@ -514,53 +581,67 @@ def generate_dataset(
         raise ValueError(f"views must be CC and/or MLO, got {list(views)}")
     if not 0 <= options.p_normal + options.p_benign <= 1:
         raise ValueError("p_normal + p_benign must lie in [0, 1]")
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    ext = ".dcm" if fmt == "dicom" else ".png"
-    rows: list[dict[str, Any]] = []
-    manifest: list[dict[str, Any]] = []
-    image_index = 0
-    for p in tqdm(range(n_patients), desc="synth", unit="patient", disable=not progress):
-        rng = np.random.default_rng([int(seed), p])
-        pid = f"SYN{p + 1:04d}"
-        study = f"STUDY{p + 1:04d}"
-        label, lesion_side, lesions, density = _patient_plan(rng, options)
+
+
+@dataclass
+class _DatasetWriter:
+    """Renders and writes a synthetic dataset's images, collecting its table rows and manifest entries.
+
+    Attributes:
+        out: Output folder (images go to ``out/images``).
+        seed: Dataset seed; each patient and view draws from its own generator seeded from it.
+        image_size: ``(H, W)`` of every image.
+        fmt: ``"dicom"`` or ``"png"``.
+        jpeg2000: DICOM only: JPEG 2000 lossless compression.
+        options: Generator options.
+        rows: table.csv rows so far.
+        manifest: synth_manifest.json ``images`` entries so far.
+        n_images: Images written so far (numbers the files).
+    """
+
+    out: Path
+    seed: int
+    image_size: tuple[int, int]
+    fmt: str
+    jpeg2000: bool
+    options: SynthOptions
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    manifest: list[dict[str, Any]] = field(default_factory=list)
+    n_images: int = 0
+
+    def add_patient(self, p: int, views: Sequence[str]) -> None:
+        """Both breasts of patient ``p`` (0-based), each in ``views``."""
+        rng = np.random.default_rng([self.seed, p])
+        label, lesion_side, lesions, density = _patient_plan(rng, self.options)
         for lat in ("R", "L"):
             breast_density = float(np.clip(density + rng.uniform(-0.05, 0.05), 0, 1))
             for vw in views:
-                image_index += 1
-                img_rng = np.random.default_rng([int(seed), p, 0 if lat == "R" else 1, 0 if vw == "CC" else 1])
-                specs = lesions if lat == lesion_side else []
-                img = render_mammogram(img_rng, image_size, view=vw, laterality=lat, density=breast_density,
-                                       lesions=specs, options=options)
-                rel = f"images/{image_index:06d}{ext}"
-                values = quantise(img.pixels)
-                variant = None
-                if fmt == "dicom":
-                    variant = options.variants[int(img_rng.integers(len(options.variants)))]
-                    ds = make_dicom_dataset(values, variant=variant, laterality=lat, view=vw, patient_id=pid,
-                                            uid_seed=f"{seed}/{image_index}")
-                    write_dicom(out / rel, ds, jpeg2000=jpeg2000)
-                else:
-                    write_png16(out / rel, values)
-                img_label = "normal"
-                if img.lesion_labels:
-                    img_label = "malignant" if "malignant" in img.lesion_labels else "benign"
-                base = {"image_path": rel, "patient_id": pid, "label": img_label, "laterality": lat, "view": vw,
-                        "study_id": study}
-                if len(img.boxes_xyxy_px) == 0:
-                    rows.append({**base, "x1": "", "y1": "", "x2": "", "y2": "", "lesion_label": ""})
-                for box, ll in zip(img.boxes_xyxy_px.tolist(), img.lesion_labels):
-                    rows.append({**base, "x1": box[0], "y1": box[1], "x2": box[2], "y2": box[3], "lesion_label": ll})
-                manifest.append({"image_path": rel, "label": img_label, "variant": variant,
-                                 "density": round(breast_density, 3), "lesion_kinds": img.lesion_kinds,
-                                 "boxes_xyxy_px": img.boxes_xyxy_px.tolist()})
-    table = out / "table.csv"
-    with open(table, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(TABLE_COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
-    info = {"seed": seed, "n_patients": n_patients, "image_size": list(image_size), "format": fmt,
-            "jpeg2000": jpeg2000, "views": list(views), "options": asdict(options), "images": manifest}
-    (out / "synth_manifest.json").write_text(json.dumps(info, indent=1))
-    return table
+                self._add_image(p, lat, vw, breast_density, lesions if lat == lesion_side else [])
+
+    def _add_image(self, p: int, lat: str, vw: str, density: float, lesions: list[LesionSpec]) -> None:
+        self.n_images += 1
+        img_rng = np.random.default_rng([self.seed, p, 0 if lat == "R" else 1, 0 if vw == "CC" else 1])
+        img = render_mammogram(img_rng, self.image_size, view=vw, laterality=lat, density=density,
+                               lesions=lesions, options=self.options)
+        rel = f"images/{self.n_images:06d}{'.dcm' if self.fmt == 'dicom' else '.png'}"
+        values = to_uint16(img.pixels)
+        variant = None
+        if self.fmt == "dicom":
+            variant = self.options.variants[int(img_rng.integers(len(self.options.variants)))]
+            ds = make_dicom_dataset(values, variant=variant, laterality=lat, view=vw, patient_id=f"SYN{p + 1:04d}",
+                                    uid_seed=f"{self.seed}/{self.n_images}")
+            write_dicom(self.out / rel, ds, jpeg2000=self.jpeg2000)
+        else:
+            write_png16(self.out / rel, values)
+        img_label = "normal"
+        if img.lesion_labels:
+            img_label = "malignant" if "malignant" in img.lesion_labels else "benign"
+        base = {"image_path": rel, "patient_id": f"SYN{p + 1:04d}", "label": img_label, "laterality": lat,
+                "view": vw, "study_id": f"STUDY{p + 1:04d}"}
+        if len(img.boxes_xyxy_px) == 0:
+            self.rows.append({**base, "x1": "", "y1": "", "x2": "", "y2": "", "lesion_label": ""})
+        for box, ll in zip(img.boxes_xyxy_px.tolist(), img.lesion_labels, strict=True):
+            self.rows.append({**base, "x1": box[0], "y1": box[1], "x2": box[2], "y2": box[3], "lesion_label": ll})
+        self.manifest.append({"image_path": rel, "label": img_label, "variant": variant,
+                              "density": round(density, 3), "lesion_kinds": img.lesion_kinds,
+                              "boxes_xyxy_px": img.boxes_xyxy_px.tolist()})

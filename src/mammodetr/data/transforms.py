@@ -1,9 +1,4 @@
-"""Model-input geometry (plain resize or letterbox) and named augmentation presets.
-
-Geometry: a prepared image of any size becomes an ``S x S`` model input either by a plain resize (the paper's
-choice; the aspect ratio changes) or by a letterbox (scale the long side to S, pad the short side equally on
-both ends with 0). :func:`base_transform` records that as an :class:`~mammodetr.data.geometry.ImageTransform`,
-and :func:`model_boxes_to_image` inverts it for predictions.
+"""Named augmentation presets for training (the model-input geometry itself is :mod:`mammodetr.data.model_input`).
 
 Augmentation runs on the ``S x S`` tensor (cheap): one affine resample (flip, scale, rotation, translation
 combined) through ``grid_sample``, the same affine applied to the boxes' corners, then intensity changes.
@@ -19,10 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mammodetr.data.geometry import ImageTransform
-
-__all__ = ["AugmentPreset", "PRESETS", "get_preset", "augment", "base_transform", "model_boxes_to_image",
-           "boxes_xyxy_to_cxcywh", "boxes_cxcywh_to_xyxy"]
+__all__ = ["AugmentPreset", "PRESETS", "get_preset", "augment"]
 
 
 @dataclass(frozen=True)
@@ -74,55 +66,6 @@ def get_preset(name: str | AugmentPreset) -> AugmentPreset:
     if name not in PRESETS:
         raise ValueError(f"unknown augmentation preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
-
-
-def base_transform(image_hw: tuple[int, int], image_size: int, letterbox: bool = False,
-                   filter: str = "bilinear") -> ImageTransform:
-    """Prepared image (H, W) -> model input (S, S): plain resize, or letterbox (resize long side + centre pad)."""
-    h, w = int(image_hw[0]), int(image_hw[1])
-    t = ImageTransform((h, w))
-    if not letterbox:
-        return t.resize((image_size, image_size), filter)
-    scale = image_size / max(h, w)
-    nh, nw = min(image_size, max(1, round(h * scale))), min(image_size, max(1, round(w * scale)))
-    t = t.resize((nh, nw), filter)
-    top, left = (image_size - nh) // 2, (image_size - nw) // 2
-    if (nh, nw) != (image_size, image_size):
-        t = t.pad(left, top, image_size - nw - left, image_size - nh - top)
-    return t
-
-
-def boxes_xyxy_to_cxcywh(boxes_xyxy: torch.Tensor) -> torch.Tensor:
-    x1, y1, x2, y2 = boxes_xyxy.unbind(-1)
-    return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=-1)
-
-
-def boxes_cxcywh_to_xyxy(boxes_cxcywh: torch.Tensor) -> torch.Tensor:
-    cx, cy, w, h = boxes_cxcywh.unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
-
-
-def model_boxes_to_image(boxes_cxcywh, image_hw: tuple[int, int], image_size: int, letterbox: bool = False
-                         ) -> torch.Tensor:
-    """Map model-space boxes back to prepared-image pixels.
-
-    Args:
-        boxes_cxcywh: (K, 4) normalised [0, 1] (cx, cy, w, h) relative to the S x S model input.
-        image_hw: the prepared image's (H, W).
-        image_size: the model input size S.
-        letterbox: whether the input was letterboxed.
-
-    Returns:
-        (K, 4) float32 ``boxes_xyxy_px`` in prepared-image pixels, clipped to the image.
-    """
-    b = torch.as_tensor(boxes_cxcywh, dtype=torch.float64).reshape(-1, 4)
-    xyxy_model = boxes_cxcywh_to_xyxy(b) * image_size
-    t = base_transform(image_hw, image_size, letterbox)
-    out = torch.from_numpy(t.invert_boxes_xyxy(xyxy_model.numpy()))
-    h, w = image_hw
-    out[:, 0::2] = out[:, 0::2].clamp(0, w)
-    out[:, 1::2] = out[:, 1::2].clamp(0, h)
-    return out.to(torch.float32)
 
 
 def _affine_matrix(preset: AugmentPreset, rng: np.random.Generator) -> np.ndarray:

@@ -1,2 +1,1 @@
-"""Evaluation: metrics (classification, detection, FROC, calibration, DeLong, bootstrap), the ``evaluate``
-pipeline and report, run comparison, prediction and Grad-CAM. Submodules are imported where used."""
+"""Evaluation: a split's metrics written as files, Grad-CAM localisation scores, the report, and run comparison."""

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .delong import delong_test
-from .evaluate import to_jsonable
+from mammodetr.atomic import write_json
+from mammodetr.metrics.bootstrap import patient_weights, percentile_ci, weighted_auc
+from mammodetr.metrics.delong import delong_test
+
 from .report import fmt_pct
 
 __all__ = ["RunMetrics", "load_run", "compare_runs", "comparison_markdown", "TABLE_ROWS"]
@@ -163,8 +165,6 @@ def _paired_delong(ref: RunMetrics, other: RunMetrics, n_bootstrap: int = 2000, 
     res["note"] = "image-level paired DeLong; images of one patient are treated as independent"
     if n_bootstrap > 0:
         # Views of one patient are correlated; resampling whole patients gives an interval that respects it.
-        from .bootstrap import patient_weights, percentile_ci, weighted_auc
-
         pids = [ref.per_image[n][2] or n for n in names]
         w = patient_weights(pids, n_bootstrap, np.random.default_rng(seed), y_true=y)
         diffs = weighted_auc(y, a, w) - weighted_auc(y, b, w)
@@ -225,5 +225,5 @@ def write_comparison(result: dict, out_dir: str | Path) -> tuple[Path, Path]:
     md = out / "comparison.md"
     md.write_text(comparison_markdown(result) + "\n", encoding="utf-8")
     js = out / "comparison.json"
-    js.write_text(json.dumps(to_jsonable(result), indent=2) + "\n", encoding="utf-8")
+    write_json(js, result)
     return md, js

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .bootstrap import patient_weights
-from .classification import pr_curve, roc_curve
+from mammodetr.metrics.bootstrap import patient_weights
+from mammodetr.metrics.classification import pr_curve, roc_curve
 
 __all__ = ["Figure", "roc_band", "build_figures", "write_report", "fmt_pct"]
 
@@ -89,6 +89,95 @@ def _draw_example(ax, pixels: np.ndarray, gt_xyxy, pred_xyxy, pred_scores, match
     ax.axis("off")
 
 
+def _roc_figures(plt, m: dict, y: np.ndarray, p: np.ndarray, pids: list, band_resamples: int) -> list[Figure]:
+    fig, ax = plt.subplots(figsize=(4, 4))
+    fpr, tpr, _ = roc_curve(y, p)
+    if band_resamples > 0:
+        g, lo, hi = roc_band(y, p, pids, n_resamples=band_resamples)
+        ax.fill_between(g, lo, hi, color="C0", alpha=0.2, label="95% patient bootstrap band")
+    ax.plot(fpr, tpr, color="C0", label=f"AUC {fmt_pct(m['auc'])}%")
+    ax.plot([0, 1], [0, 1], ls=":", color="gray")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (image level)")
+    ax.legend(loc="lower right", fontsize=7)
+    roc = Figure("roc", "ROC curve with a pointwise 95% patient-bootstrap band.", _png(fig))
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    prec, rec, _ = pr_curve(y, p)
+    ax.step(np.r_[0, rec], np.r_[1, prec], where="post")
+    ax.axhline(y.mean(), ls=":", color="gray", label=f"prevalence {y.mean():.2f}")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall (image level)",
+           xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(fontsize=7)
+    return [roc, Figure("pr", "Precision-recall curve of p_malignant.", _png(fig))]
+
+
+def _froc_figure(plt, froc_d: dict) -> Figure:
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for crit, d in froc_d.items():
+        if not isinstance(d, dict) or not d.get("n_lesions"):
+            continue
+        label = f"IoU >= {d['iou_threshold']}" if crit == "iou" else "centre in box"
+        ax.plot(d["curve"]["fp_per_image"], d["curve"]["sensitivity"], label=label, drawstyle="default")
+    for r in (0.125, 0.25, 0.5, 1, 2):
+        ax.axvline(r, color="gray", lw=0.5, ls=":")
+    ax.set(xscale="symlog", xlabel="mean false positives per image", ylabel="lesion sensitivity",
+           title="FROC", ylim=(0, 1.02))
+    ax.legend(fontsize=7)
+    return Figure("froc", "FROC curves for both hit criteria.", _png(fig))
+
+
+def _calibration_figure(plt, calibration: dict) -> Figure:
+    rel = calibration["reliability"]
+    fig, ax = plt.subplots(figsize=(4, 4))
+    centers = [(a + b) / 2 for a, b in zip(rel["edges"][:-1], rel["edges"][1:])]
+    widths = [0.9 * (b - a) for a, b in zip(rel["edges"][:-1], rel["edges"][1:])]
+    xs = [mp for mp in rel["mean_predicted"] if mp is not None]
+    ys = [fp for fp in rel["fraction_positive"] if fp is not None]
+    ax.bar(centers, [fp if fp is not None else 0 for fp in rel["fraction_positive"]], width=widths, alpha=0.4,
+           label="observed fraction malignant")
+    ax.plot(xs, ys, "o-", color="C1", label="per bin")
+    ax.plot([0, 1], [0, 1], ls=":", color="gray")
+    ax.set(xlabel="mean predicted p_malignant", ylabel="fraction malignant",
+           title=f"Reliability (ECE {fmt_pct(calibration['ece'])}%)", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=7)
+    n_bins = calibration.get("n_bins", len(centers))
+    return Figure("calibration", f"Reliability diagram, {n_bins} equal-width bins.", _png(fig))
+
+
+def _confusion_figure(plt, y: np.ndarray, p: np.ndarray, t: float) -> Figure:
+    pred = p >= t
+    cm = np.array([[np.sum(~pred & (y == 0)), np.sum(pred & (y == 0))],
+                   [np.sum(~pred & (y == 1)), np.sum(pred & (y == 1))]])
+    fig, ax = plt.subplots(figsize=(3.5, 3))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="black")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["pred benign", "pred malignant"],
+           yticklabels=["benign/normal", "malignant"], title=f"Confusion matrix at t = {t:g}")
+    return Figure("confusion", f"Confusion matrix at threshold {t:g}.", _png(fig))
+
+
+def _examples_figure(plt, examples: list[dict]) -> Figure:
+    fig, axes = plt.subplots(1, len(examples), figsize=(2.6 * len(examples), 3.2), squeeze=False)
+    for ax, ex in zip(axes[0], examples):
+        _draw_example(ax, ex["pixels"], ex["gt"], ex["pred"], ex["scores"], ex["matched"], ex["title"])
+    return Figure("examples", "Examples: ground truth found (green) / missed (magenta, dashed); "
+                  "predictions (orange) with objectness.", _png(fig))
+
+
+def _gradcam_figure(plt, gradcams: list[dict]) -> Figure:
+    from matplotlib.patches import Rectangle
+
+    fig, axes = plt.subplots(1, len(gradcams), figsize=(2.6 * len(gradcams), 3.2), squeeze=False)
+    for ax, g in zip(axes[0], gradcams):
+        ax.imshow(g["overlay"])
+        for b in np.asarray(g.get("gt", [])).reshape(-1, 4):
+            ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec="lime", lw=1))
+        ax.set_title(g["title"], fontsize=7)
+        ax.axis("off")
+    return Figure("gradcam", "Grad-CAM on the malignancy logit (ground truth in green).", _png(fig))
+
+
 def build_figures(result, *, examples: list[dict] | None = None, gradcams: list[dict] | None = None,
                   band_resamples: int = 200) -> list[Figure]:
     """Render the report's plots.
@@ -103,91 +192,18 @@ def build_figures(result, *, examples: list[dict] | None = None, gradcams: list[
     m = result.metrics
     y = np.array([im.label for im in result.images])
     p = np.array([pr.p_malignant for pr in result.predictions])
-    pids = [im.patient_id for im in result.images]
     figs: list[Figure] = []
-    two_classes = 0 < y.sum() < y.size
-
-    if two_classes:
-        fig, ax = plt.subplots(figsize=(4, 4))
-        fpr, tpr, _ = roc_curve(y, p)
-        if band_resamples > 0:
-            g, lo, hi = roc_band(y, p, pids, n_resamples=band_resamples)
-            ax.fill_between(g, lo, hi, color="C0", alpha=0.2, label="95% patient bootstrap band")
-        ax.plot(fpr, tpr, color="C0", label=f"AUC {fmt_pct(m['auc'])}%")
-        ax.plot([0, 1], [0, 1], ls=":", color="gray")
-        ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (image level)")
-        ax.legend(loc="lower right", fontsize=7)
-        figs.append(Figure("roc", "ROC curve with a pointwise 95% patient-bootstrap band.", _png(fig)))
-
-        fig, ax = plt.subplots(figsize=(4, 4))
-        prec, rec, _ = pr_curve(y, p)
-        ax.step(np.r_[0, rec], np.r_[1, prec], where="post")
-        ax.axhline(y.mean(), ls=":", color="gray", label=f"prevalence {y.mean():.2f}")
-        ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall (image level)",
-               xlim=(0, 1), ylim=(0, 1.02))
-        ax.legend(fontsize=7)
-        figs.append(Figure("pr", "Precision-recall curve of p_malignant.", _png(fig)))
-
+    if 0 < y.sum() < y.size:
+        figs += _roc_figures(plt, m, y, p, [im.patient_id for im in result.images], band_resamples)
     froc_d = m.get("froc", {})
     if any(isinstance(v, dict) and v.get("n_lesions") for v in froc_d.values()):
-        fig, ax = plt.subplots(figsize=(4.5, 4))
-        for crit, d in froc_d.items():
-            if not isinstance(d, dict) or not d.get("n_lesions"):
-                continue
-            label = f"IoU >= {d['iou_threshold']}" if crit == "iou" else "centre in box"
-            ax.plot(d["curve"]["fp_per_image"], d["curve"]["sensitivity"], label=label, drawstyle="default")
-        for r in (0.125, 0.25, 0.5, 1, 2):
-            ax.axvline(r, color="gray", lw=0.5, ls=":")
-        ax.set(xscale="symlog", xlabel="mean false positives per image", ylabel="lesion sensitivity",
-               title="FROC", ylim=(0, 1.02))
-        ax.legend(fontsize=7)
-        figs.append(Figure("froc", "FROC curves for both hit criteria.", _png(fig)))
-
-    rel = m["calibration"]["reliability"]
-    fig, ax = plt.subplots(figsize=(4, 4))
-    centers = [(a + b) / 2 for a, b in zip(rel["edges"][:-1], rel["edges"][1:])]
-    xs = [mp for mp in rel["mean_predicted"] if mp is not None]
-    ys = [fp for fp in rel["fraction_positive"] if fp is not None]
-    ax.bar(centers, [fp if fp is not None else 0 for fp in rel["fraction_positive"]], width=0.09, alpha=0.4,
-           label="observed fraction malignant")
-    ax.plot(xs, ys, "o-", color="C1", label="per bin")
-    ax.plot([0, 1], [0, 1], ls=":", color="gray")
-    ax.set(xlabel="mean predicted p_malignant", ylabel="fraction malignant",
-           title=f"Reliability (ECE {fmt_pct(m['calibration']['ece'])}%)", xlim=(0, 1), ylim=(0, 1))
-    ax.legend(fontsize=7)
-    figs.append(Figure("calibration", "Reliability diagram, 10 equal-width bins.", _png(fig)))
-
-    t = m["meta"]["threshold"]
-    pred = p >= t
-    cm = np.array([[np.sum(~pred & (y == 0)), np.sum(pred & (y == 0))],
-                   [np.sum(~pred & (y == 1)), np.sum(pred & (y == 1))]])
-    fig, ax = plt.subplots(figsize=(3.5, 3))
-    ax.imshow(cm, cmap="Blues")
-    for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center", color="black")
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["pred benign", "pred malignant"],
-           yticklabels=["benign/normal", "malignant"], title=f"Confusion matrix at t = {t:g}")
-    figs.append(Figure("confusion", f"Confusion matrix at threshold {t:g}.", _png(fig)))
-
+        figs.append(_froc_figure(plt, froc_d))
+    figs.append(_calibration_figure(plt, m["calibration"]))
+    figs.append(_confusion_figure(plt, y, p, m["meta"]["threshold"]))
     if examples:
-        n = len(examples)
-        fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.2), squeeze=False)
-        for ax, ex in zip(axes[0], examples):
-            _draw_example(ax, ex["pixels"], ex["gt"], ex["pred"], ex["scores"], ex["matched"], ex["title"])
-        figs.append(Figure("examples", "Examples: ground truth found (green) / missed (magenta, dashed); "
-                           "predictions (orange) with objectness.", _png(fig)))
+        figs.append(_examples_figure(plt, examples))
     if gradcams:
-        n = len(gradcams)
-        fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.2), squeeze=False)
-        for ax, g in zip(axes[0], gradcams):
-            ax.imshow(g["overlay"])
-            for b in np.asarray(g.get("gt", [])).reshape(-1, 4):
-                from matplotlib.patches import Rectangle
-
-                ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec="lime", lw=1))
-            ax.set_title(g["title"], fontsize=7)
-            ax.axis("off")
-        figs.append(Figure("gradcam", "Grad-CAM on the malignancy logit (ground truth in green).", _png(fig)))
+        figs.append(_gradcam_figure(plt, gradcams))
     return figs
 
 
@@ -245,7 +261,8 @@ def markdown_report(result, figures: list[Figure], *, extra_sections: list[str] 
                 out.append(f"| {crit} | " + " | ".join(vals) + f" | {fmt_pct(d['mean_sensitivity'])} |")
         out.append("")
     cal = m["calibration"]
-    out += ["## Calibration", "", f"Expected calibration error ({cal.get('n_bins', 10)} bins): {fmt_pct(cal['ece'])}%", ""]
+    ece_line = f"Expected calibration error ({cal.get('n_bins', 10)} bins): {fmt_pct(cal['ece'])}%"
+    out += ["## Calibration", "", ece_line, ""]
     bl = m.get("breast_level")
     if bl:
         ci = bl.get("ci", {}).get("auc")
@@ -265,8 +282,8 @@ def markdown_report(result, figures: list[Figure], *, extra_sections: list[str] 
             out.append("")
     ls = sg.get("lesion_size")
     if ls and any(k in ls for k in ("small", "medium", "large")):
-        out += ["## Subgroups: lesion size", "", f"({ls['basis']})", "", "| Size | Lesions | px range | R@.25 | mean best IoU |",
-                "|---|---:|---|---:|---:|"]
+        out += ["## Subgroups: lesion size", "", f"({ls['basis']})", "",
+                "| Size | Lesions | px range | R@.25 | mean best IoU |", "|---|---:|---|---:|---:|"]
         for k in ("small", "medium", "large"):
             if k in ls:
                 d = ls[k]

@@ -7,7 +7,6 @@ from mammodetr.models.deformable_attention import MultiScaleDeformableAttention,
 from mammodetr.models.detr import MultiTaskDETR, build_model
 from mammodetr.models.mambavision import MambaVision, mambavision_t
 from mammodetr.models.matcher import HungarianMatcher
-from mammodetr.models.postprocess import postprocess
 
 __all__ = [
     "Backbone",
@@ -23,5 +22,4 @@ __all__ = [
     "build_model",
     "mambavision_t",
     "multi_scale_deformable_attention",
-    "postprocess",
 ]

@@ -107,7 +107,8 @@ def _hub_error(name: str, exc: BaseException) -> HubUnavailableError:
         f"could not fetch pretrained weights for backbone '{name}' from the model hub "
         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
         "When this machine is offline, download the weights elsewhere and pass the file with "
-        "--pretrained /path/to/weights.safetensors (or a torch .pth/.bin), or train from scratch with --pretrained none."
+        "--pretrained /path/to/weights.safetensors (or a torch .pth/.bin), "
+        "or train from scratch with --pretrained none."
     )
 
 

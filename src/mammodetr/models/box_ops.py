@@ -1,28 +1,17 @@
-"""Box format conversions and (generalised) IoU. Formats are spelled in the function names."""
+"""(Generalised) IoU of boxes. (Format conversions: :mod:`mammodetr.data.boxes`.)"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-
-def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
-
-
-def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack(((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0), dim=-1)
-
-
-def box_xywh_to_xyxy(boxes: Tensor) -> Tensor:
-    x, y, w, h = boxes.unbind(-1)
-    return torch.stack((x, y, x + w, y + h), dim=-1)
+__all__ = ["box_area", "box_iou", "generalized_box_iou", "elementwise_generalized_box_iou", "inverse_sigmoid"]
 
 
 def box_area(boxes_xyxy: Tensor) -> Tensor:
-    return (boxes_xyxy[..., 2] - boxes_xyxy[..., 0]).clamp(min=0) * (boxes_xyxy[..., 3] - boxes_xyxy[..., 1]).clamp(min=0)
+    width = (boxes_xyxy[..., 2] - boxes_xyxy[..., 0]).clamp(min=0)
+    height = (boxes_xyxy[..., 3] - boxes_xyxy[..., 1]).clamp(min=0)
+    return width * height
 
 
 def box_iou(boxes1_xyxy: Tensor, boxes2_xyxy: Tensor) -> tuple[Tensor, Tensor]:

@@ -7,7 +7,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mammodetr.models.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
+from mammodetr.data.boxes import box_cxcywh_to_xyxy
+from mammodetr.models.box_ops import elementwise_generalized_box_iou
 from mammodetr.models.config import LossConfig
 from mammodetr.models.matcher import HungarianMatcher
 
@@ -41,7 +42,8 @@ def limit_targets(boxes: Tensor, malignant: Tensor | None, max_targets: int | No
     if max_targets is None or n <= max_targets:
         return torch.arange(n)
     area = (boxes[:, 2] * boxes[:, 3]).float()
-    priority = area + (2.0 * (malignant == 1).float() if malignant is not None else 0.0)  # area <= 1 for normalised boxes
+    # area <= 1 for normalised boxes
+    priority = area + (2.0 * (malignant == 1).float() if malignant is not None else 0.0)
     return torch.sort(torch.argsort(priority, descending=True, stable=True)[:max_targets]).values
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,9 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, d_model: int, n_levels: int, nheads: int, n_points: int, dim_feedforward: int, dropout: float) -> None:
+    def __init__(
+        self, d_model: int, n_levels: int, nheads: int, n_points: int, dim_feedforward: int, dropout: float
+    ) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nheads, dropout=dropout, batch_first=True)
         self.norm1 = nn.LayerNorm(d_model)
@@ -45,7 +48,10 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, memory: Tensor, spatial_shapes: Tensor) -> Tensor:
+    def forward(
+        self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, memory: Tensor,
+        spatial_shapes: Sequence[tuple[int, int]],
+    ) -> Tensor:
         q = k = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout(self.self_attn(q, k, tgt, need_weights=False)[0]))
         tgt = self.norm2(tgt + self.dropout(self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes)))
@@ -98,11 +104,11 @@ class DeformableDecoder(nn.Module):
         nn.init.xavier_uniform_(self.reference_points.weight)
         nn.init.zeros_(self.reference_points.bias)
 
-    def forward(self, memory: Tensor, spatial_shapes: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, memory: Tensor, spatial_shapes: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
         """
         Args:
             memory: (B, S, d_model) flattened multi-level features.
-            spatial_shapes: (L, 2) long tensor of (H, W).
+            spatial_shapes: (H, W) of each level, Python ints.
 
         Returns:
             boxes (num_layers, B, K, 4) normalised cxcywh, obj_logits (num_layers, B, K).
@@ -110,7 +116,7 @@ class DeformableDecoder(nn.Module):
         B = memory.shape[0]
         query_pos, tgt = self.query_embed.weight.unsqueeze(0).expand(B, -1, -1).chunk(2, dim=-1)
         reference = self.reference_points(query_pos).sigmoid()
-        n_levels = spatial_shapes.shape[0]
+        n_levels = len(spatial_shapes)
         all_boxes, all_obj = [], []
         for i, layer in enumerate(self.layers):
             tgt = layer(tgt, query_pos, reference[:, :, None].expand(-1, -1, n_levels, -1), memory, spatial_shapes)

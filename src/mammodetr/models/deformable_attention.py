@@ -8,6 +8,7 @@ weights and the weighted sum lose too much in fp16/bf16 at 512x512 inputs.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 def multi_scale_deformable_attention(
     value: Tensor,
-    spatial_shapes: Tensor | list[tuple[int, int]],
+    spatial_shapes: Sequence[tuple[int, int]],
     sampling_locations: Tensor,
     attention_weights: Tensor,
 ) -> Tensor:
@@ -24,21 +25,24 @@ def multi_scale_deformable_attention(
 
     Args:
         value: (B, S, heads, head_dim), levels flattened row-major and concatenated; S = sum H_l * W_l.
-        spatial_shapes: (L, 2) as (H, W) per level.
+        spatial_shapes: (H, W) of each level, as Python ints: they shape the computation, so they stay on the
+            host (no device read-back, and an exporter sees constants).
         sampling_locations: (B, Q, heads, L, P, 2), (x, y) in [0, 1] of each level's extent
             (0 = left/top edge, 1 = right/bottom edge); points outside read zeros.
         attention_weights: (B, Q, heads, L, P).
 
     Returns:
         (B, Q, heads * head_dim) in ``value``'s dtype. Bilinear sampling with ``align_corners=False``
-        semantics (pixel centres at (i + 0.5) / size), zero padding.
+        semantics (pixel centres at (i + 0.5) / size), zero padding. Half-precision inputs are computed in
+        float32; float32 and float64 keep their own precision.
     """
     out_dtype = value.dtype
-    shapes = [(int(h), int(w)) for h, w in (spatial_shapes.tolist() if isinstance(spatial_shapes, Tensor) else spatial_shapes)]
+    work = torch.float32 if value.dtype in (torch.float16, torch.bfloat16) else value.dtype
+    shapes = [(int(h), int(w)) for h, w in spatial_shapes]
     with torch.autocast(device_type=value.device.type, enabled=False):
-        value = value.float()
-        sampling_locations = sampling_locations.float()
-        attention_weights = attention_weights.float()
+        value = value.to(work)
+        sampling_locations = sampling_locations.to(work)
+        attention_weights = attention_weights.to(work)
         B, S, M, D = value.shape
         _, Q, _, L, P, _ = sampling_locations.shape
         if sum(h * w for h, w in shapes) != S:
@@ -98,14 +102,15 @@ class MultiScaleDeformableAttention(nn.Module):
         nn.init.xavier_uniform_(self.output_proj.weight)
         nn.init.zeros_(self.output_proj.bias)
 
-    def forward(self, query: Tensor, reference_points: Tensor, value_input: Tensor, spatial_shapes: Tensor) -> Tensor:
+    def forward(self, query: Tensor, reference_points: Tensor, value_input: Tensor,
+                spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
         """
         Args:
             query: (B, Q, d_model), positional embedding already added.
             reference_points: (B, Q, L, 2) normalised (x, y), or (B, Q, L, 4) normalised (cx, cy, w, h):
                 with boxes, offsets are scaled by the box size.
             value_input: (B, S, d_model) flattened multi-level features.
-            spatial_shapes: (L, 2) long tensor of (H, W).
+            spatial_shapes: (H, W) of each level, Python ints.
 
         Returns:
             (B, Q, d_model).
@@ -118,7 +123,7 @@ class MultiScaleDeformableAttention(nn.Module):
         weights = self.attention_weights(query).view(B, Q, M, L * P).softmax(-1).view(B, Q, M, L, P)
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: normalise by (W, H)
-            normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).to(offsets.dtype)
+            normalizer = offsets.new_tensor([[w, h] for h, w in spatial_shapes])
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         elif reference_points.shape[-1] == 4:
             locations = (

@@ -74,7 +74,7 @@ class MultiTaskDETR(nn.Module):
         projected = [proj(f) for proj, f in zip(self.projections, features)]
         image_logits = self.classifier(projected[-1])
         memory_maps = [ctx(p) for ctx, p in zip(self.context, projected)]
-        spatial_shapes = torch.tensor([m.shape[-2:] for m in memory_maps], dtype=torch.long, device=images.device)
+        spatial_shapes = [(int(m.shape[-2]), int(m.shape[-1])) for m in memory_maps]
         memory = torch.cat([m.flatten(2).transpose(1, 2) for m in memory_maps], dim=1)
         # The decoder works on K = 3 queries: its cost is per-op overhead, not arithmetic, so under autocast it
         # runs in float32 (no per-call weight casts, and box regression keeps full precision).
@@ -82,7 +82,9 @@ class MultiTaskDETR(nn.Module):
             boxes, obj_logits = self.decoder(memory.float(), spatial_shapes)
         out = {"image_logits": image_logits, "pred_boxes": boxes[-1], "pred_obj_logits": obj_logits[-1]}
         out["aux_outputs"] = (
-            [{"pred_boxes": b, "pred_obj_logits": o} for b, o in zip(boxes[:-1], obj_logits[:-1])] if self.aux_loss else []
+            [{"pred_boxes": b, "pred_obj_logits": o} for b, o in zip(boxes[:-1], obj_logits[:-1])]
+            if self.aux_loss
+            else []
         )
         return out
 

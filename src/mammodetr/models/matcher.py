@@ -6,7 +6,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from mammodetr.models.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from mammodetr.data.boxes import box_cxcywh_to_xyxy
+from mammodetr.models.box_ops import generalized_box_iou
 
 
 class HungarianMatcher(nn.Module):

@@ -23,7 +23,7 @@ class WeightsError(ValueError):
     """A weights file that cannot be read or does not fit the model."""
 
 
-class HubUnavailableError(RuntimeError):
+class HubUnavailableError(ValueError):
     """Hub weights were requested but cannot be fetched (offline, or hub client missing)."""
 
 
@@ -84,7 +84,9 @@ def _unwrap(obj: object, path: Path) -> dict[str, Tensor]:
     raise WeightsError(f"{path}: no tensors found (expected a state dict or a checkpoint holding one)")
 
 
-def strip_prefixes(state_dict: Mapping[str, Tensor], prefixes: Iterable[str] = ("module.", "model.")) -> dict[str, Tensor]:
+def strip_prefixes(
+    state_dict: Mapping[str, Tensor], prefixes: Iterable[str] = ("module.", "model.")
+) -> dict[str, Tensor]:
     """Remove wrapper prefixes (DDP's ``module.``, hub exports' ``model.``) repeatedly from every key."""
     prefixes = tuple(prefixes)
     out: dict[str, Tensor] = {}
@@ -99,7 +101,9 @@ def strip_prefixes(state_dict: Mapping[str, Tensor], prefixes: Iterable[str] = (
     return out
 
 
-def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Tensor], *, strict: bool, what: str) -> LoadReport:
+def load_state_dict_checked(
+    module: nn.Module, state_dict: Mapping[str, Tensor], *, strict: bool, what: str
+) -> LoadReport:
     """Load with shape checks first, so a mismatch names the key instead of a bare size error.
 
     With ``strict=False`` missing/unexpected keys are reported (logged and returned); shape mismatches

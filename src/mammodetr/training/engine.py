@@ -10,21 +10,16 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from mammodetr.data.model_input import input_transform
+from mammodetr.inference.device import autocast
+from mammodetr.inference.predictions import Prediction
+from mammodetr.inference.predictor import Predictor
 from mammodetr.training.distributed import DistInfo
 from mammodetr.training.rng import rng_state
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; training must stop without overwriting the last good checkpoint."""
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    if device.type == "cpu" and dtype is torch.float16:
-        raise ValueError("fp16 autocast is for CUDA; use bf16 on CPU")
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def to_model_targets(targets: list[dict], device: torch.device) -> list[dict]:
@@ -131,33 +126,25 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict_loader(
-    model: nn.Module,
-    criterion: nn.Module,
-    loader,
-    *,
-    device: torch.device,
-    precision: str,
-    channels_last: bool,
-    geometry,
-    on_bad_samples=None,
-) -> tuple[list, dict[str, float]]:
-    """Predictions (boxes in prepared-image pixels) for every image the loader yields, and mean losses."""
-    from mammodetr.evaluation.predict import outputs_to_predictions
+def predict_loader(predictor: Predictor, criterion: nn.Module, loader, *, on_bad_samples=None
+                   ) -> tuple[list[Prediction], dict[str, float]]:
+    """Predictions (boxes in prepared-image pixels) for every image the loader yields, and mean losses.
 
-    model.eval()
+    The forward pass and the decoder are the predictor's, so validation scores exactly what ``evaluate`` would.
+    """
     preds, sums, n = [], defaultdict(float), 0
     for images, targets, bad in loader:
-        images = _usable_batch(images, bad, device, channels_last, on_bad_samples)
+        if bad and on_bad_samples is not None:
+            on_bad_samples(bad)
         if images is None:
             continue
-        with autocast(device, precision):
-            outputs = model(images)
-            losses = criterion(outputs, to_model_targets(targets, device))
+        outputs = predictor.forward(images)
+        with autocast(predictor.device, predictor.precision):
+            losses = criterion(outputs, to_model_targets(targets, predictor.device))
         for k, v in losses.items():
             if math.isfinite(v.item()):
                 sums[k] += v.item()
         n += 1
-        sizes = [tuple(int(s) for s in t["orig_size_hw"]) for t in targets]
-        preds.extend(outputs_to_predictions(outputs, sizes, geometry, [t["file_name"] for t in targets]))
+        transforms = [input_transform(tuple(int(s) for s in t["orig_size_hw"]), predictor.geometry) for t in targets]
+        preds.extend(predictor.decode(outputs, transforms, [t["file_name"] for t in targets]))
     return preds, {k: v / max(n, 1) for k, v in sums.items()}

@@ -1,6 +1,8 @@
 """``train(config)``: data, model, optimizer, checkpoints, validation, early stopping, logging, resume.
 
-Only rank 0 writes files. Every checkpoint write is atomic (see ``mammodetr.checkpoint``).
+The run is set up once (:class:`_Run`), the counters that change from epoch to epoch live in a
+:class:`TrainState` (saved in every ``last`` checkpoint, so a resumed run continues exactly), and each epoch is
+train -> validate -> checkpoint -> log. Only rank 0 writes files; every checkpoint write is atomic.
 """
 
 from __future__ import annotations
@@ -10,13 +12,21 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
-from mammodetr.checkpoint import load_training_state, save_checkpoint
-from mammodetr.models import build_criterion, build_model
-from mammodetr.training.config import RunConfig, save_resolved
+from mammodetr.atomic import to_jsonable, write_json
+from mammodetr.checkpoint import MODEL_FILE, load_training_state, resolve_checkpoint, save_checkpoint
+from mammodetr.config import RunConfig, save_resolved
+from mammodetr.data.dataset import MammoDataset
+from mammodetr.data.ground_truth import LabelledImage, load_split
+from mammodetr.inference.predictor import Predictor
+from mammodetr.metrics.scoring import EvaluationOptions, compute_metrics
+from mammodetr.models.criterion import SetCriterion, build_criterion
+from mammodetr.models.detr import build_model
 from mammodetr.training.distributed import (
     DistInfo,
     all_gather_objects,
@@ -26,9 +36,11 @@ from mammodetr.training.distributed import (
     init_distributed,
 )
 from mammodetr.training.engine import NonFiniteLossError, predict_loader, train_one_epoch
-from mammodetr.training.loader import build_loader
+from mammodetr.training.loader import EpochSampler, build_loader
 from mammodetr.training.optim import build_optimizer, build_scheduler
 from mammodetr.training.rng import rng_state, seed_everything, set_rng_state
+
+__all__ = ["TrainState", "train", "monitor_score", "format_summary"]
 
 log = logging.getLogger("mammodetr.train")
 
@@ -49,6 +61,38 @@ def monitor_score(monitor: str, metrics: dict, val_loss: float) -> float:
     return sum(values) / len(values)
 
 
+@dataclass
+class TrainState:
+    """What changes as a run goes on; saved with every ``last`` checkpoint and restored by ``--resume``.
+
+    Attributes:
+        epoch: epochs completed (the next epoch to run, counted from 0).
+        batch_in_epoch: batches of the current epoch whose optimizer step is done (a run interrupted mid-epoch).
+        best_score: best validation score so far (``train.monitor``; higher is better).
+        best_epoch: the epoch (1-based) that reached it.
+        bad_evals: epochs since the last improvement (early stopping counts these).
+    """
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    bad_evals: int = 0
+    epochs_done: int = 0  # completed by this invocation (not saved)
+    last_val: dict = field(default_factory=dict)
+    stopped: str = "completed"
+    position: dict = field(default_factory=lambda: {"batches": 0})  # live position in the epoch (engine updates)
+
+    def saved(self, epoch: int, batch_in_epoch: int = 0) -> dict:
+        return {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_score": self.best_score,
+                "best_epoch": self.best_epoch, "bad_evals": self.bad_evals}
+
+    @classmethod
+    def restored(cls, saved: dict) -> "TrainState":
+        return cls(epoch=saved["epoch"], batch_in_epoch=int(saved.get("batch_in_epoch", 0)),
+                   best_score=saved["best_score"], best_epoch=saved["best_epoch"], bad_evals=saved["bad_evals"])
+
+
 class RunLogger:
     """metrics.jsonl (one line per epoch), optional TensorBoard, and skipped-sample records."""
 
@@ -59,14 +103,16 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:
-                raise RuntimeError("train.tensorboard needs the tensorboard package: pip install 'mammodetr[tensorboard]'") from exc
+                raise RuntimeError(
+                    "train.tensorboard needs the tensorboard package: pip install 'mammodetr[tensorboard]'"
+                ) from exc
             self.tb = SummaryWriter(str(out / "tensorboard"))
 
     def epoch(self, record: dict) -> None:
         if not self.enabled:
             return
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(_finite_or_none(record)) + "\n")
+            f.write(json.dumps(to_jsonable(record)) + "\n")
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and v is not None and k != "epoch":
@@ -86,17 +132,40 @@ class RunLogger:
             self.tb.close()
 
 
-def _finite_or_none(record: dict) -> dict:
-    # JSON has no NaN: an undefined metric (e.g. AUC of a one-class validation split) is written as null.
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-
-
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
     # disable=None: a bar only on a terminal; logs redirected to a file get the one line per epoch instead.
     return tqdm(total=total, desc=desc, unit="batch", disable=None if enabled else True, leave=False,
                 dynamic_ncols=True, file=sys.stderr)
+
+
+@dataclass
+class _Run:
+    """Everything a run sets up once."""
+
+    cfg: RunConfig
+    info: DistInfo
+    device: torch.device
+    out: Path
+    micro: int
+    train_loader: torch.utils.data.DataLoader
+    train_sampler: EpochSampler
+    val_loader: torch.utils.data.DataLoader
+    val_images: list[LabelledImage]
+    model: torch.nn.Module
+    criterion: SetCriterion
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    train_model: torch.nn.Module = None
+    predictor: Predictor = None
+    logger: RunLogger = None
+
+    def training_state(self, state: TrainState, epoch: int, batch_in_epoch: int = 0, rng: dict | None = None) -> dict:
+        return {**state.saved(epoch, batch_in_epoch), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": rng if rng is not None else rng_state()}
 
 
 def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> dict:
@@ -110,179 +179,187 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> dic
 
 
 def _train(cfg: RunConfig, info: DistInfo, device: torch.device, *, resume: bool, progress: bool) -> dict:
-    from mammodetr.data.dataset import MammoDataset
-    from mammodetr.evaluation.evaluate import EvaluationOptions, compute_metrics, load_split
-    from mammodetr.evaluation.predict import geometry_from_config
+    run = _setup(cfg, info, device, resume)
+    state = _resumed_state(run) if resume else TrainState()
+    t0 = time.perf_counter()
+    try:
+        _run_epochs(run, state, progress)
+    except KeyboardInterrupt:
+        _save_interrupted(run, state)
+    except NonFiniteLossError as exc:
+        raise NonFiniteLossError(f"{exc}. Training stopped; the last good checkpoint is kept in "
+                                 f"{run.out / 'checkpoints'}") from None
+    finally:
+        run.logger.close()
+    return _summary(run, state, time.perf_counter() - t0)
 
-    t, out = cfg.train, Path(cfg.train.out)
+
+def _micro_batch(cfg: RunConfig, info: DistInfo) -> int:
+    t = cfg.train
     micro = t.batch_size // (t.accum_steps * info.world_size)
     if micro * t.accum_steps * info.world_size != t.batch_size:
-        raise ValueError(
-            f"train.batch_size {t.batch_size} is not divisible by accum_steps {t.accum_steps} x {info.world_size} processes"
-        )
-    if info.is_main:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        if not resume:
-            (out / "metrics.jsonl").unlink(missing_ok=True)
-            (out / "skipped_samples.jsonl").unlink(missing_ok=True)
-        save_resolved(cfg, out / "config.json")
-    seed_everything(t.seed)
+        raise ValueError(f"train.batch_size {t.batch_size} is not divisible by accum_steps {t.accum_steps} x "
+                         f"{info.world_size} processes")
+    return micro
 
-    data = cfg.data
+
+def _setup(cfg: RunConfig, info: DistInfo, device: torch.device, resume: bool) -> _Run:
+    t, data, out = cfg.train, cfg.data, Path(cfg.train.out)
+    micro = _micro_batch(cfg, info)
     train_ds = MammoDataset(data.path, data.train_split, image_size=data.image_size, augment=data.augment,
                             letterbox=data.letterbox, seed=t.seed)
-    val_ds = MammoDataset(data.path, data.val_split, image_size=data.image_size, augment="none", letterbox=data.letterbox)
+    val_ds = MammoDataset(data.path, data.val_split, image_size=data.image_size, augment="none",
+                          letterbox=data.letterbox)
     val_images = load_split(data.path, data.val_split)
+    cfg.data.prepare = train_ds.prepare_options  # predict repeats the dataset's preparation on raw files
+    if info.is_main:
+        _prepare_run_folder(cfg, out, resume)
+    seed_everything(t.seed)
     pin = device.type == "cuda"
-    train_loader, train_sampler = build_loader(
-        train_ds, batch_size=micro, shuffle=True, seed=t.seed, workers=data.workers, rank=info.rank,
-        world_size=info.world_size, pin_memory=pin, drop_last=len(train_ds) > micro * info.world_size,
-    )
-    val_loader, _ = build_loader(
-        val_ds, batch_size=micro, shuffle=False, seed=t.seed, workers=data.workers, rank=info.rank,
-        world_size=info.world_size, pin_memory=pin, drop_last=False,
-    )
-
+    loader_args = dict(batch_size=micro, seed=t.seed, workers=data.workers, rank=info.rank,
+                       world_size=info.world_size, pin_memory=pin)
+    drop_last = len(train_ds) > micro * info.world_size
+    train_loader, train_sampler = build_loader(train_ds, shuffle=True, drop_last=drop_last, **loader_args)
+    val_loader, _ = build_loader(val_ds, shuffle=False, drop_last=False, **loader_args)
     model = build_model(cfg.model).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = build_criterion(cfg.loss, num_aux=cfg.model.dec_layers - 1 if cfg.model.aux_loss else 0)
     optimizer = build_optimizer(model, cfg.optim)
-    steps_per_epoch = math.ceil(len(train_loader) / t.accum_steps)
-    if t.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
-    scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, t.epochs)
+    steps = math.ceil(len(train_loader) / t.accum_steps)
+    steps = min(steps, t.max_steps_per_epoch) if t.max_steps_per_epoch else steps
+    scheduler = build_scheduler(optimizer, cfg.optim, steps, t.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16" and device.type == "cuda")
+    return _Run(cfg, info, device, out, micro, train_loader, train_sampler, val_loader, val_images, model, criterion,
+                optimizer, scheduler, scaler)
 
-    start_epoch, start_batch, best_score, best_epoch, bad_evals = 0, 0, -math.inf, 0, 0
-    if resume:
-        state = load_training_state(out / "checkpoints" / "last")
-        from safetensors.torch import load_file
 
-        from mammodetr.checkpoint import resolve_checkpoint
+def _prepare_run_folder(cfg: RunConfig, out: Path, resume: bool) -> None:
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        (out / "skipped_samples.jsonl").unlink(missing_ok=True)
+    save_resolved(cfg, out / "config.json")
 
-        model.load_state_dict(load_file(str(resolve_checkpoint(out / "checkpoints" / "last") / "model.safetensors")))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        start_epoch, best_score, best_epoch, bad_evals = state["epoch"], state["best_score"], state["best_epoch"], state["bad_evals"]
-        start_batch = int(state.get("batch_in_epoch", 0))
-        if info.is_main:
-            log.info("resumed %s at epoch %d (best %.4f at epoch %d)", out, start_epoch, best_score, best_epoch)
 
-    train_model = model
-    if info.enabled:
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if t.compile:
-        train_model = torch.compile(train_model)
+def _resumed_state(run: _Run) -> TrainState:
+    last = run.out / "checkpoints" / "last"
+    saved = load_training_state(last)
+    run.model.load_state_dict(load_file(str(resolve_checkpoint(last) / MODEL_FILE)))
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    run.scaler.load_state_dict(saved["scaler"])
+    set_rng_state(saved["rng"])
+    state = TrainState.restored(saved)
+    if run.info.is_main:
+        log.info("resumed %s at epoch %d (best %.4f at epoch %d)", run.out, state.epoch, state.best_score,
+                 state.best_epoch)
+    return state
 
-    run_logger = RunLogger(out, info.is_main, t.tensorboard)
-    config_dict = cfg.to_dict()
-    config_dict["data"]["prepare"] = _prepare_options(data.path)
-    geometry = geometry_from_config(config_dict)
 
-    def training_state(epoch: int, batch_in_epoch: int = 0, rng: dict | None = None) -> dict:
-        return {
-            "batch_in_epoch": batch_in_epoch,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": rng if rng is not None else rng_state(),
-            "epoch": epoch,
-            "best_score": best_score,
-            "best_epoch": best_epoch,
-            "bad_evals": bad_evals,
-        }
+def _wrap_for_training(run: _Run) -> None:
+    model = run.model
+    if run.info.enabled:
+        ids = [run.device.index] if run.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    run.train_model = torch.compile(model) if run.cfg.train.compile else model
+    run.predictor = Predictor(run.model, run.cfg, device=run.device, precision=run.cfg.train.precision,
+                              batch_size=run.micro, channels_last=run.cfg.train.channels_last)
+    run.logger = RunLogger(run.out, run.info.is_main, run.cfg.train.tensorboard)
 
-    stopped, last_val, t0 = "completed", {}, time.perf_counter()
-    epoch, position, epochs_done = start_epoch, {"batches": 0}, 0
+
+def _run_epochs(run: _Run, state: TrainState, progress: bool) -> None:
+    _wrap_for_training(run)
+    t = run.cfg.train
+    for epoch in range(state.epoch, t.epochs):
+        record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in _train_epoch(run, state, epoch, progress).items()}}
+        if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+            record.update(_validate(run, state, epoch))
+        if run.info.is_main:
+            save_checkpoint(run.out / "checkpoints" / "last", run.model, run.cfg,
+                            meta={"epoch": epoch + 1, "val": state.last_val},
+                            training_state=run.training_state(state, epoch + 1))
+            run.logger.epoch(record)
+            log.info(_epoch_line(record))
+        barrier(run.info)
+        state.epoch, state.batch_in_epoch = epoch + 1, 0
+        state.epochs_done += 1
+        if state.bad_evals >= t.patience:
+            state.stopped = f"early stop: no improvement of '{t.monitor}' for {state.bad_evals} epochs"
+            break
+
+
+def _train_epoch(run: _Run, state: TrainState, epoch: int, progress: bool) -> dict:
+    t = run.cfg.train
+    state.position = {"batches": state.batch_in_epoch}
+    run.train_sampler.set_epoch(epoch, skip=state.batch_in_epoch * run.micro)
+    bar = _progress(len(run.train_loader), f"epoch {epoch + 1}/{t.epochs}", progress and run.info.is_main)
     try:
-        for epoch in range(start_epoch, t.epochs):
-            position = {"batches": start_batch if epoch == start_epoch else 0}
-            train_sampler.set_epoch(epoch, skip=position["batches"] * micro)
-            bar = _progress(len(train_loader), f"epoch {epoch + 1}/{t.epochs}", progress and info.is_main)
-            stats = train_one_epoch(
-                train_model, criterion, train_loader, optimizer, scheduler, scaler, device=device, epoch=epoch,
-                accum_steps=t.accum_steps, grad_clip=cfg.optim.grad_clip, precision=t.precision,
-                channels_last=t.channels_last, info=info, max_steps=t.max_steps_per_epoch, progress=bar,
-                on_bad_samples=run_logger.bad_samples, position=position,
-            )
-            bar.close()
-            record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
-            is_eval = (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs
-            if is_eval:
-                preds, val_losses = predict_loader(model, criterion, val_loader, device=device, precision=t.precision,
-                                                   channels_last=t.channels_last, geometry=geometry,
-                                                   on_bad_samples=run_logger.bad_samples)
-                gathered = [p for part in all_gather_objects(preds, info) for p in part]
-                by_name = {p.file_name: p for p in gathered}  # the distributed sampler pads with repeats
-                metrics = {}
-                if info.is_main:
-                    images = [im for im in val_images if im.file_name in by_name]
-                    result = compute_metrics(images, [by_name[im.file_name] for im in images],
-                                             EvaluationOptions(n_bootstrap=0, max_dets=cfg.model.num_queries))
-                    metrics = {k: v for k, v in result.metrics.items() if not isinstance(v, dict)}
-                metrics = broadcast_object(metrics, info)
-                val_loss = val_losses.get("loss", math.nan)
-                score = monitor_score(t.monitor, metrics, val_loss)
-                last_val = {**metrics, "loss": val_loss}
-                record.update({f"val_{k}": v for k, v in last_val.items()})
-                record["val_score"] = score
-                if score > best_score:
-                    best_score, best_epoch, bad_evals = score, epoch + 1, 0
-                    if info.is_main:
-                        save_checkpoint(out / "checkpoints" / "best", model, config_dict,
-                                        meta={"epoch": epoch + 1, "val": last_val, "monitor": t.monitor, "score": score})
-                else:
-                    bad_evals += t.eval_every
-            if info.is_main:
-                save_checkpoint(out / "checkpoints" / "last", model, config_dict,
-                                meta={"epoch": epoch + 1, "val": last_val}, training_state=training_state(epoch + 1))
-                run_logger.epoch(record)
-                log.info(_epoch_line(record))
-            barrier(info)
-            epochs_done += 1
-            if bad_evals >= t.patience:
-                stopped = f"early stop: no improvement of '{t.monitor}' for {bad_evals} epochs"
-                break
-    except KeyboardInterrupt:
-        stopped = f"interrupted during epoch {epoch + 1}"
-        if info.is_main:
-            # Weights are those after the last completed optimizer step; the position in the epoch is
-            # saved with them, so --resume continues with the batches not yet seen.
-            save_checkpoint(out / "checkpoints" / "last", model, config_dict,
-                            meta={"epoch": epoch, "interrupted": True, "batch_in_epoch": position["batches"]},
-                            training_state=training_state(epoch, position["batches"], position.get("rng")))
-            log.warning("interrupted: saved %s", out / "checkpoints" / "last")
-    except NonFiniteLossError as exc:
-        run_logger.close()
-        raise NonFiniteLossError(f"{exc}. Training stopped; the last good checkpoint is kept in {out / 'checkpoints'}") from None
-    run_logger.close()
+        return train_one_epoch(
+            run.train_model, run.criterion, run.train_loader, run.optimizer, run.scheduler, run.scaler,
+            device=run.device, epoch=epoch, accum_steps=t.accum_steps, grad_clip=run.cfg.optim.grad_clip,
+            precision=t.precision, channels_last=t.channels_last, info=run.info, max_steps=t.max_steps_per_epoch,
+            progress=bar, on_bad_samples=run.logger.bad_samples, position=state.position,
+        )
+    finally:
+        bar.close()
+
+
+def _validate(run: _Run, state: TrainState, epoch: int) -> dict:
+    """Validation metrics (computed on rank 0, shared), the best checkpoint, the early-stopping count."""
+    t = run.cfg.train
+    preds, val_losses = predict_loader(run.predictor, run.criterion, run.val_loader,
+                                       on_bad_samples=run.logger.bad_samples)
+    gathered = [p for part in all_gather_objects(preds, run.info) for p in part]
+    by_name = {p.file_name: p for p in gathered}  # the distributed sampler pads with repeats
+    metrics = {}
+    if run.info.is_main:
+        images = [im for im in run.val_images if im.file_name in by_name]
+        result = compute_metrics(images, [by_name[im.file_name] for im in images],
+                                 EvaluationOptions(n_bootstrap=0, max_dets=run.cfg.model.num_queries))
+        metrics = {k: v for k, v in result.metrics.items() if not isinstance(v, dict)}
+    metrics = broadcast_object(metrics, run.info)
+    val_loss = val_losses.get("loss", math.nan)
+    score = monitor_score(t.monitor, metrics, val_loss)
+    state.last_val = {**metrics, "loss": val_loss}
+    if score > state.best_score:
+        state.best_score, state.best_epoch, state.bad_evals = score, epoch + 1, 0
+        if run.info.is_main:
+            save_checkpoint(run.out / "checkpoints" / "best", run.model, run.cfg,
+                            meta={"epoch": epoch + 1, "val": state.last_val, "monitor": t.monitor, "score": score})
+    else:
+        state.bad_evals += t.eval_every
+    return {**{f"val_{k}": v for k, v in state.last_val.items()}, "val_score": score}
+
+
+def _save_interrupted(run: _Run, state: TrainState) -> None:
+    epoch = state.epoch
+    state.stopped = f"interrupted during epoch {epoch + 1}"
+    if run.info.is_main:
+        # Weights are those after the last completed optimizer step; the position in the epoch is
+        # saved with them, so --resume continues with the batches not yet seen.
+        batches = state.position["batches"]
+        save_checkpoint(run.out / "checkpoints" / "last", run.model, run.cfg,
+                        meta={"epoch": epoch, "interrupted": True, "batch_in_epoch": batches},
+                        training_state=run.training_state(state, epoch, batches, state.position.get("rng")))
+        log.warning("interrupted: saved %s", run.out / "checkpoints" / "last")
+
+
+def _summary(run: _Run, state: TrainState, seconds: float) -> dict:
     summary = {
-        "run": str(out),
-        "stopped": stopped,
-        "epochs_run": epochs_done,
-        "best_epoch": best_epoch,
-        "best_score": best_score if math.isfinite(best_score) else None,
-        "monitor": t.monitor,
-        "last_val": last_val,
-        "seconds": time.perf_counter() - t0,
-        "best_checkpoint": str(out / "checkpoints" / "best"),
+        "run": str(run.out),
+        "stopped": state.stopped,
+        "epochs_run": state.epochs_done,
+        "best_epoch": state.best_epoch,
+        "best_score": state.best_score if math.isfinite(state.best_score) else None,
+        "monitor": run.cfg.train.monitor,
+        "last_val": state.last_val,
+        "seconds": seconds,
+        "best_checkpoint": str(run.out / "checkpoints" / "best"),
     }
-    if info.is_main:
-        printable = {**summary, "last_val": _finite_or_none(summary["last_val"])}
-        (out / "summary.json").write_text(json.dumps(printable, indent=2, default=str) + "\n", encoding="utf-8")
+    if run.info.is_main:
+        write_json(run.out / "summary.json", summary)
     return summary
-
-
-def _prepare_options(data_path: str) -> dict:
-    """The preprocessing options the dataset was prepared with, so ``predict`` can repeat them on raw files."""
-    try:
-        info = json.loads((Path(data_path) / "annotations.json").read_text(encoding="utf-8")).get("info", {})
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return dict(info.get("prepare", {}) or {})
 
 
 def _epoch_line(record: dict) -> str:
@@ -296,10 +373,11 @@ def _epoch_line(record: dict) -> str:
 
 
 def format_summary(summary: dict) -> str:
+    best_score = summary["best_score"] if summary["best_score"] is None else round(summary["best_score"], 4)
     lines = [
         f"run folder     : {summary['run']}",
         f"stopped        : {summary['stopped']} after {summary['epochs_run']} epoch(s) in {summary['seconds']:.0f} s",
-        f"best epoch     : {summary['best_epoch']} ({summary['monitor']} = {summary['best_score'] if summary['best_score'] is None else round(summary['best_score'], 4)})",
+        f"best epoch     : {summary['best_epoch']} ({summary['monitor']} = {best_score})",
         f"best checkpoint: {summary['best_checkpoint']}",
     ]
     val = summary.get("last_val") or {}

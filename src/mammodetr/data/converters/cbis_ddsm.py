@@ -10,12 +10,13 @@ never rescaled. BENIGN_WITHOUT_CALLBACK is benign. The official train/test split
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from mammodetr.data.converters import clean_text, normalise_laterality, read_csv_rows
+from mammodetr.data.converters.common import clean_text, normalise_laterality, read_csv_rows
 from mammodetr.data.records import BoxRecord, Conversion, ImageRecord, Problem, worst_label
 
 _PATHOLOGY = {"MALIGNANT": "malignant", "BENIGN": "benign", "BENIGN_WITHOUT_CALLBACK": "benign"}
@@ -99,71 +100,91 @@ def convert(input_path: Path, *, images_dir: str | Path | None = None, **_option
     files = [path] if path.is_file() else _csv_files(path) if path.is_dir() else []
     if not files:
         raise ValueError(f"{path}: not found")
-    root = Path(images_dir) if images_dir else files[0].parent
-    problems: list[Problem] = []
-    images: dict[str, dict] = {}
-    sizes: dict[Path, tuple[int, int]] = {}
-
+    reader = _Reader(Path(images_dir) if images_dir else files[0].parent)
     for csv_path in files:
         split = "test" if "test" in csv_path.name.lower() else "train"
         kind = "calc" if csv_path.name.lower().startswith("calc") else "mass"
-        for line_no, where, row in read_csv_rows(csv_path, _REQUIRED, header=_norm_header):
-            pathology = _PATHOLOGY.get(clean_text(row["pathology"]).upper())
-            if pathology is None:
-                problems.append(Problem(where, f"pathology {clean_text(row['pathology'])!r} unknown",
-                                        "skipped row"))
-                continue
-            image_rel = clean_text(row["image file path"])
-            image_path = _resolve(root, image_rel)
-            if image_path is None:
-                problems.append(Problem(f"{where} ({image_rel})", "image file not found"))
-                continue
-            try:
-                if image_path not in sizes:
-                    sizes[image_path] = _dicom_size(image_path)
-            except Exception as exc:  # noqa: BLE001 - reported, the rest of the dataset goes on
-                problems.append(Problem(f"{where} ({image_rel})", f"cannot read DICOM header: {exc}"))
-                continue
-            size = sizes[image_path]
-            key = str(image_path.relative_to(root)) if image_path.is_relative_to(root) else str(image_path)
-            entry = images.setdefault(key, {
-                "path": image_path, "patient": clean_text(row["patient id"]),
-                "laterality": normalise_laterality(row["left or right breast"]),
-                "view": clean_text(row["image view"]).upper() or None, "split": split,
-                "labels": [], "boxes": [], "kinds": set(),
-                "density": clean_text(row.get("breast density")) or None,
-            })
-            entry["labels"].append(pathology)
-            entry["kinds"].add(kind)
-            mask_rel = clean_text(row["roi mask file path"])
-            mask_path = _resolve(root, mask_rel, want_size=size)
-            if mask_path is None:
-                problems.append(Problem(f"{where} ({mask_rel})", "ROI mask not found (or not unique)",
-                                        "skipped box"))
-                continue
-            try:
-                mask = _read_mask(mask_path)
-            except Exception as exc:  # noqa: BLE001
-                problems.append(Problem(f"{where} ({mask_rel})", f"cannot read ROI mask: {exc}", "skipped box"))
-                continue
-            if tuple(mask.shape[:2]) != size:
-                problems.append(Problem(
-                    f"{where} ({mask_rel})",
-                    f"ROI mask is {mask.shape[0]}x{mask.shape[1]} but the image is {size[0]}x{size[1]} "
-                    "(mis-sized or mis-linked mask)", "skipped box"))
-                continue
-            box = mask_box_xyxy(mask)
-            if box is None:
-                problems.append(Problem(f"{where} ({mask_rel})", "ROI mask is empty", "skipped box"))
-                continue
-            entry["boxes"].append(BoxRecord(*box, pathology=pathology, lesion_type=kind))
-
+        for _, where, row in read_csv_rows(csv_path, _REQUIRED, header=_norm_header):
+            reader.add_row(where, row, split, kind)
     records = [
         ImageRecord(
             image_path=e["path"], key=key, patient_id=e["patient"], label=worst_label(e["labels"]),
             laterality=e["laterality"], view=e["view"], boxes=e["boxes"], official_split=e["split"],
             extra={"abnormality_types": sorted(e["kinds"]), "breast_density": e["density"]},
         )
-        for key, e in images.items()
+        for key, e in reader.images.items()
     ]
-    return Conversion(records, problems, input_root=root)
+    return Conversion(records, reader.problems, input_root=reader.root)
+
+
+@dataclass
+class _Reader:
+    """Collects the abnormality rows per image.
+
+    Attributes:
+        root: Root the CSV paths are relative to.
+        images: Per image key (path relative to ``root``): path, patient, laterality, view, split, labels,
+            boxes, abnormality kinds and density.
+        sizes: ``(rows, columns)`` per image file already read.
+        problems: Every problem met.
+    """
+
+    root: Path
+    images: dict[str, dict] = field(default_factory=dict)
+    sizes: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def add_row(self, where: str, row: dict, split: str, kind: str) -> None:
+        """One abnormality: its label goes to its image, its ROI mask's bounding box becomes a box."""
+        pathology = _PATHOLOGY.get(clean_text(row["pathology"]).upper())
+        if pathology is None:
+            self.problems.append(Problem(where, f"pathology {clean_text(row['pathology'])!r} unknown", "skipped row"))
+            return
+        image_rel = clean_text(row["image file path"])
+        image_path = _resolve(self.root, image_rel)
+        if image_path is None:
+            self.problems.append(Problem(f"{where} ({image_rel})", "image file not found"))
+            return
+        try:
+            if image_path not in self.sizes:
+                self.sizes[image_path] = _dicom_size(image_path)
+        except Exception as exc:  # noqa: BLE001 - reported, the rest of the dataset goes on
+            self.problems.append(Problem(f"{where} ({image_rel})", f"cannot read DICOM header: {exc}"))
+            return
+        size = self.sizes[image_path]
+        root = self.root
+        key = str(image_path.relative_to(root)) if image_path.is_relative_to(root) else str(image_path)
+        entry = self.images.setdefault(key, {
+            "path": image_path, "patient": clean_text(row["patient id"]),
+            "laterality": normalise_laterality(row["left or right breast"]),
+            "view": clean_text(row["image view"]).upper() or None, "split": split,
+            "labels": [], "boxes": [], "kinds": set(),
+            "density": clean_text(row.get("breast density")) or None,
+        })
+        entry["labels"].append(pathology)
+        entry["kinds"].add(kind)
+        box = self._mask_box(where, clean_text(row["roi mask file path"]), size)
+        if box is not None:
+            entry["boxes"].append(BoxRecord(*box, pathology=pathology, lesion_type=kind))
+
+    def _mask_box(self, where: str, mask_rel: str, size: tuple[int, int]) -> Optional[tuple[int, int, int, int]]:
+        """The ROI mask's bounding box; None (reported) when the mask is missing, unreadable, mis-sized or empty."""
+        mask_path = _resolve(self.root, mask_rel, want_size=size)
+        if mask_path is None:
+            self.problems.append(Problem(f"{where} ({mask_rel})", "ROI mask not found (or not unique)", "skipped box"))
+            return None
+        try:
+            mask = _read_mask(mask_path)
+        except Exception as exc:  # noqa: BLE001
+            self.problems.append(Problem(f"{where} ({mask_rel})", f"cannot read ROI mask: {exc}", "skipped box"))
+            return None
+        if tuple(mask.shape[:2]) != size:
+            self.problems.append(Problem(
+                f"{where} ({mask_rel})",
+                f"ROI mask is {mask.shape[0]}x{mask.shape[1]} but the image is {size[0]}x{size[1]} "
+                "(mis-sized or mis-linked mask)", "skipped box"))
+            return None
+        box = mask_box_xyxy(mask)
+        if box is None:
+            self.problems.append(Problem(f"{where} ({mask_rel})", "ROI mask is empty", "skipped box"))
+        return box

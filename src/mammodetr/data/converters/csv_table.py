@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mammodetr.data.converters import clean_text, normalise_laterality, normalise_split, read_csv_rows
+from mammodetr.data.converters.common import clean_text, normalise_laterality, normalise_split, read_csv_rows
 from mammodetr.data.records import LABELS, BoxRecord, Conversion, ImageRecord, Problem, worst_label
 
 REQUIRED = ("image_path", "patient_id", "label")
@@ -52,6 +52,13 @@ def convert(input_path: Path, *, images_dir: str | Path | None = None, **_option
         raise ValueError(f"{path}: CSV table not found")
     root = Path(images_dir) if images_dir else path.parent
     problems: list[Problem] = []
+    groups = _group_rows(path, problems)
+    records = [_record(path, root, rel, g, problems) for rel, g in groups.items()]
+    return Conversion([r for r in records if r is not None], problems, input_root=root)
+
+
+def _group_rows(path: Path, problems: list[Problem]) -> dict[str, dict]:
+    """The CSV's usable rows merged per image_path: row numbers, patients, labels, first values, boxes."""
     groups: dict[str, dict] = {}
     for line_no, where, row in read_csv_rows(path, REQUIRED, hint="; see docs/data.md"):
         rel = clean_text(row.get("image_path"))
@@ -66,7 +73,7 @@ def convert(input_path: Path, *, images_dir: str | Path | None = None, **_option
         if label not in LABELS:
             problems.append(Problem(where, f"label {label!r} is not one of {', '.join(LABELS)}", "skipped row"))
             continue
-        g = groups.setdefault(rel, {"rows": [], "patients": set(), "labels": [], "fields": {}})
+        g = groups.setdefault(rel, {"rows": [], "patients": set(), "labels": [], "fields": {}, "boxes": []})
         g["rows"].append(line_no)
         g["patients"].add(patient)
         g["labels"].append(label)
@@ -76,45 +83,48 @@ def convert(input_path: Path, *, images_dir: str | Path | None = None, **_option
                 g["fields"][name] = value
         box = _parse_box(row, where, problems)
         if box is not None:
-            pathology = clean_text(row.get("lesion_label")).lower() or None
-            if pathology is not None and pathology not in ("benign", "malignant"):
-                problems.append(Problem(where, f"lesion_label {pathology!r} is not benign/malignant",
-                                        "box pathology unknown"))
-                pathology = None
-            if pathology is None and label == "benign":
-                pathology = "benign"
-            g.setdefault("boxes", []).append(BoxRecord(*box, pathology=pathology))
+            g["boxes"].append(BoxRecord(*box, pathology=_box_pathology(row, label, where, problems)))
+    return groups
 
-    records: list[ImageRecord] = []
-    for rel, g in groups.items():
-        rows = g["rows"]
-        where = f"{path.name} row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows[:5]))}" + (
-            ", ..." if len(rows) > 5 else "")
-        if len(g["patients"]) > 1:
-            problems.append(Problem(f"{where} ({rel})", "rows of one image give different patient_id values"))
-            continue
-        label = worst_label(g["labels"])
-        if len(set(g["labels"])) > 1:
-            problems.append(Problem(f"{where} ({rel})", f"rows give different labels {sorted(set(g['labels']))}",
-                                    f"used {label}"))
-        boxes = g.get("boxes", [])
-        if label == "normal" and boxes:
-            problems.append(Problem(f"{where} ({rel})", "image labelled normal has boxes", "kept boxes"))
-        image_path = Path(rel) if Path(rel).is_absolute() else root / rel
-        f = g["fields"]
-        split_raw = f.get("split")
-        split = normalise_split(split_raw)
-        if split_raw and split is None:
-            problems.append(Problem(f"{where} ({rel})", f"split {split_raw!r} is not train/val/test", "ignored"))
-        records.append(ImageRecord(
-            image_path=image_path,
-            key=rel,
-            patient_id=next(iter(g["patients"])),
-            label=label,
-            laterality=normalise_laterality(f.get("laterality")),
-            view=(f.get("view") or "").upper() or None,
-            study_id=f.get("study_id"),
-            boxes=boxes,
-            official_split=split,
-        ))
-    return Conversion(records, problems, input_root=root)
+
+def _box_pathology(row: dict, label: str, where: str, problems: list[Problem]) -> str | None:
+    pathology = clean_text(row.get("lesion_label")).lower() or None
+    if pathology is not None and pathology not in ("benign", "malignant"):
+        problems.append(Problem(where, f"lesion_label {pathology!r} is not benign/malignant", "box pathology unknown"))
+        pathology = None
+    if pathology is None and label == "benign":
+        pathology = "benign"
+    return pathology
+
+
+def _record(path: Path, root: Path, rel: str, g: dict, problems: list[Problem]) -> ImageRecord | None:
+    """One image from its merged rows; None (reported) when the rows disagree on the patient."""
+    rows = g["rows"]
+    where = f"{path.name} row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows[:5]))}" + (
+        ", ..." if len(rows) > 5 else "")
+    if len(g["patients"]) > 1:
+        problems.append(Problem(f"{where} ({rel})", "rows of one image give different patient_id values"))
+        return None
+    label = worst_label(g["labels"])
+    if len(set(g["labels"])) > 1:
+        problems.append(Problem(f"{where} ({rel})", f"rows give different labels {sorted(set(g['labels']))}",
+                                f"used {label}"))
+    boxes = g["boxes"]
+    if label == "normal" and boxes:
+        problems.append(Problem(f"{where} ({rel})", "image labelled normal has boxes", "kept boxes"))
+    f = g["fields"]
+    split_raw = f.get("split")
+    split = normalise_split(split_raw)
+    if split_raw and split is None:
+        problems.append(Problem(f"{where} ({rel})", f"split {split_raw!r} is not train/val/test", "ignored"))
+    return ImageRecord(
+        image_path=Path(rel) if Path(rel).is_absolute() else root / rel,
+        key=rel,
+        patient_id=next(iter(g["patients"])),
+        label=label,
+        laterality=normalise_laterality(f.get("laterality")),
+        view=(f.get("view") or "").upper() or None,
+        study_id=f.get("study_id"),
+        boxes=boxes,
+        official_split=split,
+    )

@@ -89,7 +89,14 @@ def convert(input_path: Path, *, images_dir: str | Path | None = None, **_option
     else:
         raise ValueError(f"{path}: not found")
     folder = Path(images_dir) if images_dir else info.parent
+    rows = _read_rows(info)
     problems: list[Problem] = []
+    records = [_record(info, folder, number, rows[number], problems) for number in sorted(rows)]
+    return Conversion([r for r in records if r is not None], problems, input_root=folder)
+
+
+def _read_rows(info: Path) -> dict[int, list[dict]]:
+    """The table's data rows per REFNUM, each with its ``line`` number."""
     rows: dict[int, list[dict]] = {}
     text = info.read_text(encoding="latin-1")
     for line_no, line in enumerate(text.splitlines(), start=1):
@@ -100,46 +107,46 @@ def convert(input_path: Path, *, images_dir: str | Path | None = None, **_option
         rows.setdefault(row["number"], []).append(row)
     if not rows:
         raise ValueError(f"{info}: no MIAS data rows (REFNUM BG CLASS ...) found")
+    return rows
 
-    records: list[ImageRecord] = []
-    for number in sorted(rows):
-        labels, boxes, seen = [], [], set()
-        for row in rows[number]:
-            where = f"{info.name} line {row['line']} (mdb{number:03d})"
-            if row["cls"] == "NORM":
-                labels.append("normal")
-                continue
-            if row["severity"] is None:
-                problems.append(Problem(where, f"class {row['cls']} without severity B/M", "skipped row"))
-                continue
-            pathology = _SEVERITY[row["severity"]]
-            labels.append(pathology)
-            if row["xyr"] is None:
-                if row["note"] and "NOTE" not in row["note"].upper():
-                    problems.append(Problem(where, f"unreadable coordinates {row['note']!r}", "no box"))
-                continue
-            x, y, r = row["xyr"]
-            if r <= 0:
-                problems.append(Problem(where, f"radius {r:g} is not positive", "no box"))
-                continue
-            box = circle_to_box_xyxy(x, y, r)
-            if (box, pathology) in seen:  # an exact repeat of a row adds nothing
-                continue
-            seen.add((box, pathology))
-            boxes.append(BoxRecord(*box, pathology=pathology, lesion_type=row["cls"]))
-        label = worst_label(labels)
-        if label is None:
+
+def _record(info: Path, folder: Path, number: int, rows: list[dict], problems: list[Problem]
+            ) -> Optional[ImageRecord]:
+    """One film from its rows; None when no row gives a usable label."""
+    labels, boxes, seen = [], [], set()
+    for row in rows:
+        where = f"{info.name} line {row['line']} (mdb{number:03d})"
+        if row["cls"] == "NORM":
+            labels.append("normal")
             continue
-        pair = (number + 1) // 2
-        records.append(ImageRecord(
-            image_path=_image_path(folder, number),
-            key=f"mdb{number:03d}",
-            patient_id=f"mias-{pair:03d}",
-            label=label,
-            laterality="R" if number % 2 == 1 else "L",
-            view="MLO",
-            boxes=boxes,
-            extra={"background": rows[number][0]["background"],
-                   "classes": sorted({r["cls"] for r in rows[number]})},
-        ))
-    return Conversion(records, problems, input_root=folder)
+        if row["severity"] is None:
+            problems.append(Problem(where, f"class {row['cls']} without severity B/M", "skipped row"))
+            continue
+        pathology = _SEVERITY[row["severity"]]
+        labels.append(pathology)
+        if row["xyr"] is None:
+            if row["note"] and "NOTE" not in row["note"].upper():
+                problems.append(Problem(where, f"unreadable coordinates {row['note']!r}", "no box"))
+            continue
+        x, y, r = row["xyr"]
+        if r <= 0:
+            problems.append(Problem(where, f"radius {r:g} is not positive", "no box"))
+            continue
+        box = circle_to_box_xyxy(x, y, r)
+        if (box, pathology) in seen:  # an exact repeat of a row adds nothing
+            continue
+        seen.add((box, pathology))
+        boxes.append(BoxRecord(*box, pathology=pathology, lesion_type=row["cls"]))
+    label = worst_label(labels)
+    if label is None:
+        return None
+    return ImageRecord(
+        image_path=_image_path(folder, number),
+        key=f"mdb{number:03d}",
+        patient_id=f"mias-{(number + 1) // 2:03d}",
+        label=label,
+        laterality="R" if number % 2 == 1 else "L",
+        view="MLO",
+        boxes=boxes,
+        extra={"background": rows[0]["background"], "classes": sorted({r["cls"] for r in rows})},
+    )

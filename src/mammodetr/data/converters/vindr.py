@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Optional
 
-from mammodetr.data.converters import clean_text, normalise_laterality, normalise_split, read_csv_rows
+from mammodetr.data.converters.common import clean_text, normalise_laterality, normalise_split, read_csv_rows
 from mammodetr.data.records import BoxRecord, Conversion, ImageRecord, Problem
 
 _REQUIRED = ("study_id", "image_id", "laterality", "view_position", "breast_birads", "finding_categories",

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from mammodetr.evaluation.bootstrap import bootstrap_metrics, patient_weights, weighted_auc
-from mammodetr.evaluation.classification import roc_auc, threshold_metrics
-from mammodetr.evaluation.detection import detection_metrics, detection_metrics_weighted, match_detections
+from mammodetr.metrics.bootstrap import bootstrap_metrics, patient_weights, weighted_auc
+from mammodetr.metrics.classification import roc_auc, threshold_metrics
+from mammodetr.metrics.detection import detection_metrics, detection_metrics_weighted, match_detections
 
 from ._coco_reference import random_case
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mammodetr.evaluation.breast import aggregate_breasts
+from mammodetr.metrics.breast import aggregate_breasts
 
 
 def test_max_and_mean_aggregation_against_dict_loop():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mammodetr.evaluation.calibration import expected_calibration_error, reliability_data
+from mammodetr.metrics.calibration import expected_calibration_error, reliability_data
 
 
 def test_ece_equals_naive_loop():

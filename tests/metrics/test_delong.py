@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from mammodetr.evaluation.bootstrap import patient_weights, weighted_auc
-from mammodetr.evaluation.delong import auc_ci_delong, delong_covariance, delong_test
+from mammodetr.metrics.bootstrap import patient_weights, weighted_auc
+from mammodetr.metrics.delong import auc_ci_delong, delong_covariance, delong_test
 
 
 def _naive_delong(y, scores):

@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from mammodetr.evaluation.predict import collect_inputs, predict_files, predict_prepared
-from mammodetr.evaluation.predictions import Prediction, PredictionError, read_predictions, write_predictions
+from mammodetr.config import RunConfig
+from mammodetr.data.model_input import InputGeometry, input_transform
+from mammodetr.data.preprocess import PrepareOptions
+from mammodetr.inference.inputs import collect_inputs
+from mammodetr.inference.overlay import draw_overlay
+from mammodetr.inference.predictions import Prediction, PredictionError, read_predictions, write_predictions
+from mammodetr.inference.predictor import Predictor
 
 from ._fake_model import ScriptedModel
 
@@ -18,9 +23,8 @@ K = 3
 
 def _model_space(boxes_prepared_xyxy, prepared_hw, letterbox):
     """Prepared-pixel boxes -> (K, 4) normalised cxcywh in the S x S model input, padded with decoys."""
-    from mammodetr.data.transforms import base_transform
-
-    b = base_transform(prepared_hw, S, letterbox).apply_boxes_xyxy(np.asarray(boxes_prepared_xyxy).reshape(-1, 4))
+    transform = input_transform(prepared_hw, InputGeometry(S, letterbox))
+    b = transform.apply_boxes_xyxy(np.asarray(boxes_prepared_xyxy).reshape(-1, 4))
     b = b / S
     cxcywh = np.c_[(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]]
     n = len(cxcywh)
@@ -28,6 +32,12 @@ def _model_space(boxes_prepared_xyxy, prepared_hw, letterbox):
     out = torch.tensor(np.r_[cxcywh, pad][:K], dtype=torch.float32)
     real = torch.arange(K) < n
     return out, real
+
+
+def _config(letterbox=False, prepare=None) -> RunConfig:
+    cfg = RunConfig()
+    cfg.data.image_size, cfg.data.letterbox, cfg.data.prepare = S, letterbox, prepare
+    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +57,11 @@ def synth_dicoms(tmp_path_factory):
 
 @pytest.mark.parametrize("letterbox", [False, True])
 def test_predict_raw_dicom_boxes_return_to_original_pixels(synth_dicoms, tmp_path, letterbox):
-    from mammodetr.data.preprocess import PrepareOptions, preprocess_image
+    from mammodetr.data.preprocess import preprocess_image
 
     root, _, boxes = synth_dicoms
     options = PrepareOptions(flip_to="L", max_side=96)  # crop + flip of right breasts + downscale
-    config = {"data": {"image_size": S, "letterbox": letterbox, "prepare": options.to_dict()}}
+    config = _config(letterbox, options)
     with_boxes = [p for p, b in boxes.items() if b]
     with_boxes = with_boxes[:1] + with_boxes[-2:]  # seed 3: left breasts first, right breasts (flipped) last
     flipped = 0
@@ -63,12 +73,13 @@ def test_predict_raw_dicom_boxes_return_to_original_pixels(synth_dicoms, tmp_pat
         model = ScriptedModel([_model_space(prepared.transform.apply_boxes_xyxy(orig), prepared.pixels.shape,
                                             letterbox)])
         model.train()
-        (pred,) = predict_files(model, config, [path], batch_size=1, progress=False,
-                                overlay_dir=tmp_path / "ov")
+        (res,) = Predictor(model, config, batch_size=1).iter_files([path])
+        pred = res.result
         assert isinstance(pred, Prediction)
         assert model.training  # mode restored
         got = pred.boxes_xyxy_px[: len(orig)]
         np.testing.assert_allclose(got, orig, atol=0.05)
+        draw_overlay(res.raw.original, pred, tmp_path / "ov" / f"{path.stem}.png")
         assert (tmp_path / "ov" / f"{path.stem}.png").is_file()
     assert 1 <= flipped < len(with_boxes)  # both a flipped and an unflipped image were checked
 
@@ -79,7 +90,7 @@ def test_failing_file_is_reported_and_run_goes_on(synth_dicoms, tmp_path):
     bad = tmp_path / "broken.dcm"
     bad.write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
     model = ScriptedModel([(torch.full((K, 4), 0.5), torch.zeros(K, dtype=torch.bool))])
-    res = predict_files(model, {"data": {"image_size": S}}, [bad, good], batch_size=4, progress=False)
+    res = Predictor(model, _config(prepare=PrepareOptions()), batch_size=4).predict_files([bad, good])
     assert isinstance(res[0], PredictionError) and "broken.dcm" in res[0].error
     assert isinstance(res[1], Prediction)
     out = write_predictions(tmp_path / "p.jsonl", res)
@@ -92,9 +103,9 @@ def test_failing_file_is_reported_and_run_goes_on(synth_dicoms, tmp_path):
 def test_prepared_round_trip_through_evaluate(synth_dicoms, tmp_path):
     from mammodetr.data.converters import convert
     from mammodetr.data.geometry import ImageTransform
-    from mammodetr.data.preprocess import PrepareOptions
     from mammodetr.data.prepare import prepare_dataset
-    from mammodetr.evaluation.evaluate import EvaluationOptions, evaluate_split
+    from mammodetr.evaluation.evaluate import evaluate_split
+    from mammodetr.metrics.scoring import EvaluationOptions
 
     root, table, boxes = synth_dicoms
     options = PrepareOptions(flip_to="L", max_side=96)
@@ -111,12 +122,12 @@ def test_prepared_round_trip_through_evaluate(synth_dicoms, tmp_path):
     names = [im["file_name"] for im in coco["images"]]
     queue = [_model_space(np.asarray(gt.get(im["id"], []), float).reshape(-1, 4), (im["height"], im["width"]), False)
              for im in coco["images"]]
-    config = {"data": {"image_size": S, "letterbox": False, "prepare": options.to_dict()}}
-    preds = predict_prepared(ScriptedModel(queue), config, data, names, batch_size=3, progress=False)
+    predictor = Predictor(ScriptedModel(queue), _config(False, options), batch_size=3)
+    preds = predictor.predict_prepared(data, file_names=names)
     assert not preds.errors
     write_predictions(tmp_path / "pred.jsonl", preds.by_name.values())
-    r = evaluate_split(data, tmp_path / "ev", predictions_path=tmp_path / "pred.jsonl",
-                       options=EvaluationOptions(n_bootstrap=0, max_dets=K), report=False)
+    r = evaluate_split(data, tmp_path / "ev", read_predictions(tmp_path / "pred.jsonl"),
+                       EvaluationOptions(n_bootstrap=0, max_dets=K), report=False)
     m = r.metrics
     assert m["recall25"] == pytest.approx(1.0) and m["map50"] == pytest.approx(1.0)
     assert m["iou"] > 0.999

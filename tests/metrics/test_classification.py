@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
 
-from mammodetr.evaluation.classification import (
+from mammodetr.metrics.classification import (
     operating_points,
     roc_auc,
     roc_curve,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mammodetr.evaluation.froc import froc
+from mammodetr.metrics.froc import froc
 
 
 def _b(*rows):

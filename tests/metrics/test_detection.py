@@ -3,7 +3,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from mammodetr.evaluation.detection import average_precision, detection_metrics, match_detections
+from mammodetr.metrics.detection import average_precision, detection_metrics, match_detections
 
 from ._coco_reference import coco_ap_recall, random_case
 

@@ -3,17 +3,25 @@
 ``RunConfig`` = model + loss + data + optim + train. Defaults are the paper's where it states them
 (512 px, batch 32, lr 1e-4, 400 epochs, patience 150, 3 queries, focal image loss, lambdas 5/2/1).
 The choices it does not state are documented here and in docs/training.md.
+
+The resolved config is saved with every run and checkpoint and loads back as the same type:
+``RunConfig.from_dict(cfg.to_dict()) == cfg``. ``data.prepare`` records how the training dataset was prepared,
+so prediction on raw files repeats exactly that preparation.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
+import yaml
+
+from mammodetr.atomic import write_json
+from mammodetr.data.model_input import InputGeometry
+from mammodetr.data.preprocess import PrepareOptions
 from mammodetr.models.config import LossConfig, ModelConfig
 
 
@@ -26,6 +34,8 @@ class DataConfig:
         augment: augmentation preset for training ("none", "light", "strong").
         train_split, val_split: split names used for training and validation.
         workers: DataLoader worker processes per process (0 = load in the main process).
+        prepare: how the dataset was prepared (read from its annotations.json by the trainer; prediction on raw
+            files repeats it). None for datasets written before this was recorded.
     """
 
     path: str = ""
@@ -35,6 +45,12 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     workers: int = 4
+    prepare: PrepareOptions | None = None
+
+    @property
+    def geometry(self) -> InputGeometry:
+        """How a prepared image becomes the model input."""
+        return InputGeometry(self.image_size, self.letterbox)
 
 
 @dataclass
@@ -46,6 +62,8 @@ class OptimConfig:
         grad_clip: max global gradient norm (DETR: 0.1); 0 disables clipping.
         schedule: "cosine" (to ``min_lr_ratio`` * lr), "step" (x0.1 at ``step_epochs``) or "constant".
         warmup_epochs: linear warm-up length.
+        min_lr_ratio: the cosine schedule ends at lr * this.
+        step_epochs: epochs at which the step schedule multiplies the lr by 0.1.
     """
 
     lr: float = 1e-4
@@ -65,7 +83,7 @@ class TrainConfig:
         epochs: maximum epochs (paper: 400).
         batch_size: global batch size (paper: 32) = per-process micro batch x accumulation x processes.
         accum_steps: gradient accumulation steps (so batch 32 fits a small GPU).
-        patience: early stopping after this many evaluations without improvement (paper: 150 epochs).
+        patience: early stopping after this many epochs without improvement of the monitored score (paper: 150).
         monitor: validation metric(s) for best/early stopping: comma-separated names from metrics.json,
             averaged (default "auc,recall25": one classification and one localisation number), or "loss".
         eval_every: validate every N epochs.
@@ -96,6 +114,8 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
+    """Everything a run is: the model, its losses, the data, the optimiser and the training loop."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -118,7 +138,8 @@ class RunConfig:
         if t.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"train.precision must be fp32, bf16 or fp16, got {t.precision!r}")
         if t.batch_size < 1 or t.accum_steps < 1 or t.batch_size % t.accum_steps:
-            raise ValueError(f"train.batch_size ({t.batch_size}) must be a positive multiple of train.accum_steps ({t.accum_steps})")
+            raise ValueError(f"train.batch_size ({t.batch_size}) must be a positive multiple of "
+                             f"train.accum_steps ({t.accum_steps})")
         if self.optim.schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"optim.schedule must be cosine, step or constant, got {self.optim.schedule!r}")
         if self.data.image_size < 32:
@@ -134,8 +155,6 @@ def _coerce(value: Any, hint: Any) -> Any:
         hint = next(a for a in args if a is not type(None))
     origin = typing.get_origin(hint) or hint
     if isinstance(value, str) and origin in (list, tuple, dict):
-        import yaml
-
         value = yaml.safe_load(value)
     if hint is bool:
         if isinstance(value, str):
@@ -154,23 +173,55 @@ def _coerce(value: Any, hint: Any) -> Any:
     return value
 
 
-def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
-    """Recursively set dataclass fields from a nested dict; unknown keys are an error naming the key."""
+def _section_type(hint: Any) -> type | None:
+    """The dataclass type of a field hint (``X`` or ``X | None``), else None."""
+    for cand in (hint, *typing.get_args(hint)):
+        if dataclasses.is_dataclass(cand) and isinstance(cand, type):
+            return cand
+    return None
+
+
+def _updated_section(current: Any, cls: type, value: Any, prefix: str) -> Any:
+    """A section (dataclass) with ``value`` applied, or None when ``value`` says none."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"config key '{prefix}' is a section; give a mapping")
+    return apply_overrides(current if current is not None else cls(), value, prefix=prefix + ".")
+
+
+def _new_values(cfg: Any, overrides: dict[str, Any], prefix: str) -> dict[str, Any]:
     hints = get_type_hints(type(cfg))
     names = {f.name for f in fields(cfg)}
+    out: dict[str, Any] = {}
     for key, value in overrides.items():
         if key not in names:
             raise ValueError(f"unknown config key '{prefix}{key}' (known: {', '.join(sorted(names))})")
-        current = getattr(cfg, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ValueError(f"config key '{prefix}{key}' is a section; give a mapping")
-            apply_overrides(current, value, prefix=f"{prefix}{key}.")
-        else:
-            try:
-                setattr(cfg, key, _coerce(value, hints[key]))
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"config key '{prefix}{key}': {exc}") from exc
+        section_cls = _section_type(hints[key])
+        if section_cls is not None:
+            out[key] = _updated_section(getattr(cfg, key), section_cls, value, f"{prefix}{key}")
+            continue
+        try:
+            out[key] = _coerce(value, hints[key])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"config key '{prefix}{key}': {exc}") from exc
+    return out
+
+
+def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
+    """Set dataclass fields from a nested dict, recursively; unknown keys are an error naming the key.
+
+    Mutable sections are changed in place and returned; a frozen section (e.g. ``data.prepare``) is rebuilt with
+    ``dataclasses.replace`` so its own checks run on the new values, and the new object is returned.
+    """
+    changes = _new_values(cfg, overrides, prefix)
+    if cfg.__dataclass_params__.frozen:
+        try:
+            return dataclasses.replace(cfg, **changes)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"config section '{prefix.rstrip('.')}': {exc}") from exc
+    for key, value in changes.items():
+        setattr(cfg, key, value)
     return cfg
 
 
@@ -190,8 +241,6 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    import yaml
-
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -203,4 +252,4 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def save_resolved(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_json(path, cfg.to_dict())

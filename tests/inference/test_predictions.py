@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mammodetr.evaluation.predictions import Prediction, PredictionError, read_predictions, write_predictions
+from mammodetr.inference.predictions import Prediction, PredictionError, read_predictions, write_predictions
 
 
 def test_round_trip(tmp_path):

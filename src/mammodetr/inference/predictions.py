@@ -68,12 +68,14 @@ def prediction_to_json(pred: Prediction | PredictionError) -> dict:
 
 
 def write_predictions(path: str | Path, preds: Iterable[Prediction | PredictionError]) -> Path:
-    """Write predictions as JSON lines; returns the path."""
+    """Write predictions as JSON lines, each line flushed as it comes (``preds`` may be a generator, so a long
+    run keeps what it has done when it stops); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for p in preds:
             f.write(json.dumps(prediction_to_json(p)) + "\n")
+            f.flush()
     return path
 
 
@@ -93,7 +95,9 @@ def _parse(obj: dict, where: str) -> Prediction | PredictionError:
         boxes = np.asarray(obj.get("boxes", []), dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(obj.get("scores", []), dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: '{name}' boxes must be [[x1, y1, x2, y2], ...] and scores a list of numbers") from None
+        raise ValueError(
+            f"{where}: '{name}' boxes must be [[x1, y1, x2, y2], ...] and scores a list of numbers"
+        ) from None
     if boxes.shape[0] != scores.shape[0]:
         raise ValueError(f"{where}: '{name}' has {boxes.shape[0]} boxes but {scores.shape[0]} scores")
     if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):

@@ -1,0 +1,1 @@
+"""Explainability: Grad-CAM on the malignancy logit (the mechanism) and its pictures."""

@@ -1,0 +1,62 @@
+"""Grad-CAM maps as pictures: mapped back onto the image the model saw, coloured, and written for raw files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mammodetr.data.model_input import InputGeometry, input_transform
+from mammodetr.inference.decode import malignancy_probability
+from mammodetr.inference.inputs import collect_inputs, load_raw_input
+from mammodetr.inference.predictor import Predictor
+
+from .gradcam import gradcam
+
+__all__ = ["cam_to_image", "overlay_heatmap", "explain_files"]
+
+
+def cam_to_image(cam: np.ndarray, image_hw: tuple[int, int], geometry: InputGeometry) -> np.ndarray:
+    """Map an (S, S) model-input CAM back onto the (H, W) prepared image (undoing resize / letterbox)."""
+    t = input_transform(image_hw, geometry)
+    x1, y1, x2, y2 = t.apply_boxes_xyxy(np.array([[0, 0, image_hw[1], image_hw[0]]], float))[0]
+    region = cam[int(round(y1)):int(round(y2)), int(round(x1)):int(round(x2))]
+    img = Image.fromarray(region.astype(np.float32), mode="F").resize((int(image_hw[1]), int(image_hw[0])),
+                                                                      Image.BILINEAR)
+    return np.asarray(img, dtype=np.float32)
+
+
+def overlay_heatmap(pixels: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """(H, W) image in [0, 1] + (H, W) CAM in [0, 1] -> (H, W, 3) uint8 overlay (jet colour map)."""
+    import matplotlib  # optional (mammodetr[eval]); only pictures need it
+
+    rgb = np.repeat(np.clip(pixels, 0, 1)[..., None], 3, axis=2)
+    heat = matplotlib.colormaps["jet"](np.clip(cam, 0, 1))[..., :3]
+    return (255 * ((1 - alpha) * rgb + alpha * heat)).astype(np.uint8)
+
+
+def explain_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: str | Path, *,
+                  target_layer: str | None = None) -> list[dict]:
+    """Grad-CAM overlays for raw files (prepared as in ``predict``), written as ``<stem>_gradcam.png`` on the
+    prepared image (the view the model saw, before its resize). Returns one record per file (path or error).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for f in collect_inputs(inputs):
+        try:
+            raw = load_raw_input(f, predictor.prepare_options, predictor.geometry)
+        except ValueError as e:
+            records.append({"file_name": str(f), "error": str(e)})
+            continue
+        res = gradcam(predictor.model, raw.image[None].to(predictor.device), target_layer=target_layer)
+        cam = cam_to_image(res.cams[0], raw.pixels_u16.shape, predictor.geometry)
+        p = float(malignancy_probability(torch.as_tensor(res.logits))[0])
+        path = out / f"{f.stem}_gradcam.png"
+        Image.fromarray(overlay_heatmap(raw.prepared.pixels, cam)).save(path)
+        records.append({"file_name": str(f), "overlay": str(path), "p_malignant": p,
+                        "target_layer": res.target_layer, "prepared_transform": raw.prepared.transform.to_dict()})
+    return records

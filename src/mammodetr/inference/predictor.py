@@ -1,0 +1,206 @@
+"""``Predictor``: a trained model with its input path and its decoder, the one way images become predictions.
+
+Training validation, ``evaluate``, ``predict``, Grad-CAM, ONNX export and the viewer all predict through a
+``Predictor``: the same input transform (:mod:`mammodetr.data.model_input`), the same forward (eval mode, no
+gradients, the chosen precision) and the same decoder (:func:`~mammodetr.inference.decode.decode`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mammodetr.checkpoint import load_checkpoint
+from mammodetr.config import RunConfig
+from mammodetr.data.dataset import MammoDataset
+from mammodetr.data.geometry import ImageTransform
+from mammodetr.data.model_input import InputGeometry, input_transform, to_model_input
+from mammodetr.data.preprocess import PrepareOptions
+
+from .decode import decode
+from .device import autocast, resolve_device
+from .inputs import RawInput, collect_inputs, load_raw_input
+from .predictions import Prediction, PredictionError, PredictionSet
+
+__all__ = ["Predictor", "FileResult"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 8
+
+
+@dataclass
+class FileResult:
+    """One raw file's outcome: the prediction (or the error) and, when it could be read, the prepared input."""
+
+    path: Path
+    result: Prediction | PredictionError
+    raw: RawInput | None = None
+
+
+class Predictor:
+    """A model ready to predict, with everything it needs to read images the way it was trained.
+
+    Args:
+        model: the multi-task model (output contract: ``image_logits``, ``pred_boxes``, ``pred_obj_logits``).
+        config: the run config it was trained with (input geometry, preparation of raw files).
+        device: "auto", "cpu", "cuda" or a torch device.
+        precision: "fp32", "bf16" or "fp16" (autocast).
+        batch_size: images per forward pass.
+        channels_last: feed channels-last inputs (the model's memory format should match).
+        meta: checkpoint metadata (versions, weights SHA-256), when loaded from one.
+    """
+
+    def __init__(self, model: nn.Module, config: RunConfig, *, device: str | torch.device = "cpu",
+                 precision: str = "fp32", batch_size: int = DEFAULT_BATCH_SIZE, channels_last: bool = False,
+                 meta: dict | None = None) -> None:
+        self.device = resolve_device(device)
+        self.model = model
+        self.config = config
+        self.precision = precision
+        self.batch_size = int(batch_size)
+        self.channels_last = channels_last
+        self.meta = dict(meta or {})
+        autocast(self.device, precision)  # validates the precision for the device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", precision: str | None = None,
+                        *, batch_size: int = DEFAULT_BATCH_SIZE, verify: bool = True) -> "Predictor":
+        """Load a checkpoint (or run) folder. ``precision`` None means fp32."""
+        dev = resolve_device(device)
+        model, ckpt = load_checkpoint(path, map_location=dev, verify=verify)
+        return cls(model, ckpt.config, device=dev, precision=precision or "fp32", batch_size=batch_size,
+                   meta=ckpt.meta)
+
+    @property
+    def geometry(self) -> InputGeometry:
+        return self.config.data.geometry
+
+    @property
+    def prepare_options(self) -> PrepareOptions:
+        """How raw files are prepared: the training data's preparation (the defaults when it was not recorded)."""
+        if self.config.data.prepare is None:
+            log.warning("the model's config does not record how its training data was prepared; raw inputs get "
+                        "the default preparation, which may differ")
+            self.config.data.prepare = PrepareOptions()
+        return self.config.data.prepare
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> dict:
+        """(B, 1, S, S) inputs in [0, 1] -> raw model outputs, in eval mode (the model's mode is restored)."""
+        x = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with autocast(self.device, self.precision):
+                return self.model(x)
+        finally:
+            self.model.train(was_training)
+
+    def decode(self, outputs: dict, transforms: Sequence[ImageTransform], names: Sequence[str]) -> list[Prediction]:
+        return decode(outputs, transforms, names)
+
+    def predict_arrays(self, pixels_u16: Sequence[np.ndarray], names: Sequence[str] | None = None) -> list[Prediction]:
+        """Prepared 16-bit images (H, W) -> predictions with boxes in those images' pixels."""
+        names = list(names) if names is not None else [f"array_{i}" for i in range(len(pixels_u16))]
+        preds: list[Prediction] = []
+        for start in range(0, len(pixels_u16), self.batch_size):
+            chunk = [to_model_input(np.asarray(a), self.geometry) for a in pixels_u16[start:start + self.batch_size]]
+            outputs = self.forward(torch.stack([x for x, _ in chunk]))
+            preds += self.decode(outputs, [t for _, t in chunk], names[start:start + len(chunk)])
+        return preds
+
+    def iter_files(self, inputs: Iterable[str | Path], *, progress: bool = False) -> Iterator[FileResult]:
+        """Predict raw files (DICOM/PNG/TIFF/... or folders of them), yielding each result as soon as its batch
+        is done, in input order; boxes in each file's own pixels. A file that cannot be read, or a batch whose
+        forward pass fails, gives :class:`PredictionError` results and the rest goes on.
+        """
+        files = collect_inputs(inputs)
+        pending: list[tuple[Path, RawInput]] = []
+        for path in tqdm(files, desc="predict", unit="img", disable=not progress):
+            try:
+                raw = load_raw_input(path, self.prepare_options, self.geometry)
+            except ValueError as e:
+                yield from self._flush(pending)
+                log.warning("%s", e)
+                yield FileResult(path, PredictionError(str(path), str(e)))
+                continue
+            pending.append((path, raw))
+            if len(pending) >= self.batch_size:
+                yield from self._flush(pending)
+        yield from self._flush(pending)
+
+    def _flush(self, pending: list[tuple[Path, RawInput]]) -> Iterator[FileResult]:
+        if not pending:
+            return
+        batch, pending[:] = list(pending), []
+        names = [str(p) for p, _ in batch]
+        try:
+            outputs = self.forward(torch.stack([raw.image for _, raw in batch]))
+            preds: list = self.decode(outputs, [raw.transform for _, raw in batch], names)
+        except Exception as e:  # noqa: BLE001 - a failing batch must not end the run; every file gets the error
+            preds = [PredictionError(n, f"model failed: {type(e).__name__}: {e}") for n in names]
+        for (path, raw), pred in zip(batch, preds):
+            yield FileResult(path, pred, raw)
+
+    def predict_files(
+        self, inputs: Iterable[str | Path], *, progress: bool = False
+    ) -> list[Prediction | PredictionError]:
+        """All results of :meth:`iter_files` as a list, in input order."""
+        return [r.result for r in self.iter_files(inputs, progress=progress)]
+
+    def predict_prepared(self, root: str | Path, split: str | None = None, *, file_names: Sequence[str] | None = None,
+                         progress: bool = False) -> PredictionSet:
+        """Predict images of a prepared dataset folder (one split, or the named images); boxes in the prepared
+        images' pixels. The input is exactly what validation saw in training (the dataset, no augmentation).
+        """
+        ds = MammoDataset(root, split=None, image_size=self.geometry.image_size, augment="none",
+                          letterbox=self.geometry.letterbox, cache=False)
+        index = {img["file_name"]: i for i, img in enumerate(ds.images)}
+        if file_names is None:
+            file_names = [img["file_name"] for img in ds.images if split is None or img.get("split") == split]
+        by_name: dict[str, Prediction] = {}
+        errors: list[PredictionError] = []
+        batch: list[tuple[str, torch.Tensor, ImageTransform]] = []
+        for name in tqdm(file_names, desc="predict", unit="img", disable=not progress):
+            item = _dataset_item(ds, index, name, root)
+            if isinstance(item, PredictionError):
+                errors.append(item)
+                continue
+            batch.append((name, item[0], input_transform(item[1], self.geometry)))
+            if len(batch) >= self.batch_size:
+                self._predict_batch(batch, by_name)
+        self._predict_batch(batch, by_name)
+        return PredictionSet(by_name, errors)
+
+    def predict_split(self, root: str | Path, split: str, *, progress: bool = False) -> PredictionSet:
+        """:meth:`predict_prepared` on one split of a prepared dataset."""
+        return self.predict_prepared(root, split, progress=progress)
+
+    def _predict_batch(self, batch: list, by_name: dict[str, Prediction]) -> None:
+        if not batch:
+            return
+        outputs = self.forward(torch.stack([b[1] for b in batch]))
+        for pred in self.decode(outputs, [b[2] for b in batch], [b[0] for b in batch]):
+            by_name[pred.file_name] = pred
+        batch.clear()
+
+
+def _dataset_item(ds: MammoDataset, index: dict[str, int], name: str, root) -> tuple | PredictionError:
+    """(model input, prepared (H, W)) of a dataset image, or the error naming it."""
+    if name not in index:
+        return PredictionError(name, f"{name}: not in {Path(root) / 'annotations.json'}")
+    try:
+        image, target = ds[index[name]]
+    except (ValueError, OSError) as e:
+        return PredictionError(name, f"{Path(root) / name}: {e}")
+    return image, tuple(int(v) for v in target["orig_size_hw"])
