@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from mammodetr.atomic import write_json
+from mammodetr.cli import main as cli
 from mammodetr.config import RunConfig, apply_overrides
 from mammodetr.evaluation.evaluate import evaluate_checkpoint
 from mammodetr.inference.predictor import Predictor
@@ -44,8 +45,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mammodetr.cli import main as cli  # the package's own entry point (imported here: it imports this module)
-
     out = Path(args.out)
     raw, data, run_dir, eval_dir = out / "synthetic", out / "dataset", out / "run", out / "evaluation"
     t0 = time.perf_counter()
