@@ -387,3 +387,40 @@ def test_unknown_transfer_syntax(tmp_path):
     with pytest.raises(ImageReadError) as e:
         read_image(p)
     assert_error(p, e.value, "unknown transfer syntax")
+
+
+# --- header only and display values (the viewer) ----------------------------------------------------------
+
+def test_read_dicom_tags_reads_the_header_without_the_pixels(tmp_path, monkeypatch):
+    from mammodetr.data.dicom import read_dicom_tags
+
+    ds = make_ds()
+    ds.StudyInstanceUID = "1.2.3.4.5"
+    path = save(tmp_path, ds)
+    import pydicom.pixels
+
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", lambda *a, **k: pytest.fail("pixels decoded"))
+    tags = read_dicom_tags(path)
+    assert (tags.laterality, tags.view, tags.study_uid) == ("L", "CC", "1.2.3.4.5")
+    assert (tags.rows, tags.columns, tags.frames, tags.patient_orientation) == (16, 12, 1, ("A", "R"))
+    not_dicom = tmp_path / "x.dcm"
+    not_dicom.write_text("hello")
+    with pytest.raises(ImageReadError) as exc:
+        read_dicom_tags(not_dicom)
+    assert_error(not_dicom, exc.value, "not a DICOM file")
+
+
+def test_read_dicom_values_windows_match_read_dicom(tmp_path):
+    from mammodetr.data.dicom import read_dicom_values, window
+
+    ds = make_ds(WindowCenter=[2000, 1000], WindowWidth=[1000, 500], WindowCenterWidthExplanation=["A", "B"])
+    path = save(tmp_path, ds)
+    values = read_dicom_values(path)
+    assert [w.name for w in values.windows] == ["A", "B"]
+    w = values.windows[0]
+    np.testing.assert_allclose(window(values.values, w.center, w.width, w.function), read_image(path).pixels)
+    mono1 = save(tmp_path, make_ds(PhotometricInterpretation="MONOCHROME1"), "m1.dcm")  # no window: min-max
+    v1 = read_dicom_values(mono1)
+    assert v1.windows[0].name == "image range"
+    w = v1.windows[0]
+    np.testing.assert_allclose(window(v1.values, w.center, w.width, w.function), read_image(mono1).pixels, atol=1e-6)

@@ -32,3 +32,14 @@ def test_chest_wall_side(laterality, orientation, side):
     assert reason and "\n" not in reason
     if side is not None and orientation:
         assert "Patient Orientation" in reason
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("LCC", ("L", "CC")), ("r_mlo", ("R", "MLO")), ("Calc-Test_P_00038_LEFT_CC", ("L", "CC")),
+    ("20586908_6c613a14b80a8591_MG_R_CC_ANON", ("R", "CC")), ("L-MLO-2", ("L", "MLO")),
+    ("scan_01", (None, None)), ("xcc", (None, None)), ("barcc", (None, None)), ("L_CC_R_MLO", (None, None)),
+])
+def test_view_from_name(name, expected):
+    from mammodetr.data.laterality import view_from_name
+
+    assert view_from_name(name) == expected

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("mammodetr.cli.evaluate", "compute metrics and write a report for a dataset split"),
     "compare": ("mammodetr.cli.compare", "compare runs in a Table-1-style table with DeLong tests"),
     "gradcam": ("mammodetr.cli.gradcam", "Grad-CAM heatmaps on the malignancy logit"),
+    "serve": ("mammodetr.cli.serve", "reader-assist viewer in the browser (research use only)"),
     "demo": ("mammodetr.cli.demo", "synthetic data -> prepare -> split -> train -> evaluate, offline"),
 }
 # Commands whose progress is worth an INFO line per step (epochs, phases); the others log warnings only.

@@ -7,7 +7,8 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from mammodetr.cli.options import default_of
+from mammodetr.cli.options import add_dataclass_flags, default_of, given
+from mammodetr.inference.exam import ExamOptions, write_exam_records
 from mammodetr.inference.inputs import collect_inputs
 from mammodetr.inference.overlay import draw_overlay
 from mammodetr.inference.predictions import Prediction, PredictionError, write_predictions
@@ -27,6 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-verify", action="store_true",
                         help="load weights whose SHA-256 differs from the one recorded (hand-edited weights)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    exam = parser.add_argument_group("exams (--exam)")
+    exam.add_argument("--exam", action="store_true",
+                      help="group the inputs into exams (DICOM Study Instance UID, else folder) and also write breast "
+                           "and exam records (docs/viewer.md)")
+    exam.add_argument("--table", metavar="CSV", help="with --exam: image_path plus laterality, view, study_id columns "
+                                                     "(overrides the DICOM tags for the files it lists)")
+    add_dataclass_flags(exam, ExamOptions)
 
 
 def _with_overlays(results: Iterator[FileResult], overlay_dir: str | None) -> Iterator[Prediction | PredictionError]:
@@ -50,7 +58,21 @@ def run(args: argparse.Namespace) -> int:
             yield r
 
     files = collect_inputs(args.inputs)  # a missing input stops here, before the output file is opened
+    if args.exam:
+        return _run_exams(args, predictor, files)
     results = predictor.iter_files(files, progress=not args.no_progress)
     path = write_predictions(args.out, counted(_with_overlays(results, args.overlay)))
     print(f"wrote {path}: {counts['ok']} predictions, {counts['failed']} failed")
     return 0 if counts["ok"] or not counts["failed"] else 1
+
+
+def _run_exams(args: argparse.Namespace, predictor: Predictor, files: list[Path]) -> int:
+    def overlay(r: FileResult) -> None:
+        for _ in _with_overlays(iter([r]), args.overlay):
+            pass
+
+    results = predictor.iter_exams(files, table=args.table, options=ExamOptions(**given(args, ExamOptions)),
+                                   progress=not args.no_progress, on_file=overlay if args.overlay else None)
+    path, n = write_exam_records(args.out, results)
+    print(f"wrote {path}: {n['exams']} exams, {n['images'] - n['failed']} predictions, {n['failed']} failed")
+    return 0 if n["images"] > n["failed"] or not n["failed"] else 1

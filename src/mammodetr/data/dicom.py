@@ -328,7 +328,18 @@ class _Header:
     ts: Any  # pydicom.uid.UID of the transfer syntax
 
 
-def _read_dicom(path: Path, frame: int | None, allow_for_processing: bool, max_pixels: int) -> LoadedImage:
+@dataclasses.dataclass
+class _Decoded:
+    """A checked and decoded file: the dataset, its header values, the stored values and the reader's meta."""
+
+    ds: Any
+    header: _Header
+    stored: np.ndarray
+    meta: dict[str, Any]
+    fail: _Failure
+
+
+def _read_stored(path: Path, frame: int | None, allow_for_processing: bool, max_pixels: int) -> _Decoded:
     # Every check runs on the header before a pixel is decoded (see the module docstring).
     raw = Path(path).read_bytes()
     ds = _parse(raw, _Failure(path, raw))
@@ -341,9 +352,14 @@ def _read_dicom(path: Path, frame: int | None, allow_for_processing: bool, max_p
     stored, index = _decode(ds, header, frame, fail)
     meta = _header_meta(header, index)
     stored = _mask_high_bits(stored, header, meta)
-    pixels = _display(stored, ds, header, meta, fail)
-    laterality, view = _tags_to_meta(ds, meta)
-    return LoadedImage(pixels=pixels, laterality=laterality, view=view, meta=meta)
+    return _Decoded(ds, header, stored, meta, fail)
+
+
+def _read_dicom(path: Path, frame: int | None, allow_for_processing: bool, max_pixels: int) -> LoadedImage:
+    d = _read_stored(path, frame, allow_for_processing, max_pixels)
+    pixels = _display(d.stored, d.ds, d.header, d.meta, d.fail)
+    laterality, view = _tags_to_meta(d.ds, d.meta)
+    return LoadedImage(pixels=pixels, laterality=laterality, view=view, meta=d.meta)
 
 
 def _parse(raw: bytes, fail: _Failure) -> Any:
@@ -561,3 +577,149 @@ def _view_from_code(ds: Any) -> str | None:
     if "latero-medial" in meaning:
         return "LM"
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class DicomTags:
+    """What a DICOM header says about where an image belongs, read without decoding its pixels.
+
+    Attributes:
+        laterality: ``"L"``/``"R"`` (ImageLaterality, else Laterality), or None.
+        view: ViewPosition (else from the View Code Sequence), e.g. ``"CC"``/``"MLO"``, or None.
+        study_uid: Study Instance UID, or None. Identifier-like: group images by it, never write it out.
+        rows, columns, frames: the image size the header announces.
+        patient_orientation: Patient Orientation values (row direction first), or None.
+    """
+
+    laterality: str | None
+    view: str | None
+    study_uid: str | None
+    rows: int
+    columns: int
+    frames: int
+    patient_orientation: tuple[str, ...] | None = None
+
+
+def read_dicom_tags(path: str | Path) -> DicomTags:
+    """Read the header of a DICOM file (pixel data is not read) for grouping views into exams.
+
+    Raises:
+        ImageReadError: not a DICOM file, or a header that cannot be parsed (identifiers scrubbed).
+    """
+    import pydicom
+
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20)
+    fail = _Failure(path, head)
+    with _quiet_pydicom():
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except pydicom.errors.InvalidDicomError as exc:
+            raise fail(f"not a DICOM file ({exc})") from None
+        except Exception as exc:  # noqa: BLE001
+            raise fail(f"cannot parse DICOM header ({type(exc).__name__}: {str(exc)[:200]})") from None
+        meta: dict[str, Any] = {}
+        laterality, view = _tags_to_meta(ds, meta)
+        try:
+            size = (int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), int(_first(ds.get("NumberOfFrames")) or 1))
+        except (TypeError, ValueError):
+            raise fail("invalid Rows, Columns or NumberOfFrames") from None
+        study = str(ds.get("StudyInstanceUID") or "").strip() or None
+    orientation = meta.get("patient_orientation")
+    return DicomTags(laterality, view, study, *size, tuple(orientation) if orientation else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """A display window on modality output values (DICOM PS3.3 C.11.2.1.2).
+
+    Attributes:
+        center, width: Window Center and Window Width.
+        function: VOI LUT Function: ``"LINEAR"``, ``"LINEAR_EXACT"`` or ``"SIGMOID"``.
+        name: what the file calls it (Window Center & Width Explanation), or how it was derived.
+    """
+
+    center: float
+    width: float
+    function: str = "LINEAR"
+    name: str = ""
+
+
+@dataclasses.dataclass
+class DicomValues:
+    """Modality output values of a DICOM image, for a viewer that applies the window itself.
+
+    Attributes:
+        values: ``float32 (H, W)`` modality output values; negated for MONOCHROME1 so that larger is brighter.
+        windows: the file's windows in the same (negated) units; applying ``windows[0]`` with :func:`window`
+            gives the pixels :func:`read_dicom` returns. A VOI LUT Sequence becomes a LINEAR window over the
+            LUT's input range (an approximation, named so).
+        laterality, view: as in :class:`~mammodetr.data.image.LoadedImage`.
+        meta: the reader's meta (as :func:`read_dicom`; never patient identifiers).
+    """
+
+    values: np.ndarray
+    windows: list[Window]
+    laterality: str | None
+    view: str | None
+    meta: dict[str, Any]
+
+
+def read_dicom_values(
+    path: str | Path,
+    *,
+    frame: int | None = None,
+    allow_for_processing: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DicomValues:
+    """Read a DICOM file up to the modality LUT, with the same checks as :func:`read_dicom`.
+
+    Raises:
+        ImageReadError: as :func:`read_dicom`.
+    """
+    with _quiet_pydicom():
+        d = _read_stored(Path(path), frame, allow_for_processing, max_pixels)
+        try:
+            values, desc = apply_modality_lut(d.stored, d.ds)
+            windows = _windows(d.ds, values)
+        except Exception as exc:  # noqa: BLE001 - malformed LUT/rescale values
+            raise d.fail(f"invalid LUT or rescale values ({type(exc).__name__}: {str(exc)[:200]})") from None
+        laterality, view = _tags_to_meta(d.ds, d.meta)
+    d.meta["modality_lut"] = desc
+    if d.header.photometric == "MONOCHROME1":
+        # 1 - window(x; c, w) == window(-x; c', w) with c' = 1 - c (LINEAR, whose centre sits half a value off)
+        # or c' = -c (LINEAR_EXACT, SIGMOID): negated values keep "larger is brighter" for the viewer.
+        values = -values
+        windows = [dataclasses.replace(w, center=(1.0 - w.center) if w.function == "LINEAR" else -w.center)
+                   for w in windows]
+    return DicomValues(values.astype(np.float32, copy=False), windows, laterality, view, d.meta)
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+
+
+def _windows(ds: Any, values: np.ndarray) -> list[Window]:
+    """The file's VOI windows in the order :func:`apply_voi` prefers them (first = what it applies)."""
+    seq = ds.get("VOILUTSequence")
+    if seq:
+        first, lut, _ = _lut(seq[0], ds, signed_input=int(ds.PixelRepresentation) == 1 or float(values.min()) < 0)
+        return [Window(first + (lut.size - 1) / 2 + 0.5, float(lut.size), "LINEAR", "VOI LUT (linear approximation)")]
+    centers, widths = ds.get("WindowCenter"), ds.get("WindowWidth")
+    out = []
+    if centers is not None and widths is not None:
+        names = _as_list(ds.get("WindowCenterWidthExplanation") or [])
+        function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+        for i, (c, w) in enumerate(zip(_as_list(centers), _as_list(widths))):
+            try:
+                win = Window(float(c), float(w), function, str(names[i]) if i < len(names) else f"window {i + 1}")
+                window(np.zeros(1, np.float32), win.center, win.width, win.function)  # apply_voi's validity rule
+            except (TypeError, ValueError):
+                if i == 0:
+                    out.append(None)  # apply_voi falls back to min-max when its (first) window is unusable
+                continue
+            out.append(win)
+    if not out or out[0] is None:  # apply_voi's fallback: min-max of the image's own values (LINEAR form)
+        lo, hi = float(values.min()), float(values.max())
+        out[:1] = [Window((lo + hi) / 2 + 0.5, hi - lo + 1.0, "LINEAR", "image range")]
+    return out

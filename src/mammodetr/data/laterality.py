@@ -10,10 +10,15 @@ image's right, so the chest-wall side equals the laterality.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Optional
 
-__all__ = ["normalise_laterality", "chest_wall_side"]
+__all__ = ["normalise_laterality", "chest_wall_side", "view_from_name"]
+
+# "LCC", "R_MLO", "LEFT_CC", "MG_R_CC_ANON", "Calc-Test_P_00038_RIGHT_MLO": a side then a view, standing apart
+# from other letters.
+_NAME_VIEW = re.compile(r"(?<![A-Z])(LEFT|RIGHT|L|R)[ _.\-]?(CC|MLO)(?![A-Z])")
 
 
 def normalise_laterality(value: Any) -> Optional[str]:
@@ -46,3 +51,13 @@ def chest_wall_side(
     if laterality in ("L", "R"):
         return laterality, f"laterality {laterality} under the standard display"
     return None, "no Patient Orientation row direction and no laterality"
+
+
+def view_from_name(name: str) -> tuple[Optional[str], Optional[str]]:
+    """``(laterality, view)`` spelled in a file name (``LCC``, ``R_MLO``, ``LEFT_CC``, ...), else ``(None, None)``.
+
+    For files whose format carries no tags (PNG, TIFF, JPEG). Only CC and MLO are recognised; a name that
+    spells two different views gives ``(None, None)``.
+    """
+    found = {(m.group(1)[0], m.group(2)) for m in _NAME_VIEW.finditer(str(name).upper())}
+    return next(iter(found)) if len(found) == 1 else (None, None)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mammodetr.data.geometry import ImageTransform
 from mammodetr.data.model_input import InputGeometry, input_transform
 from mammodetr.inference.decode import malignancy_probability
 from mammodetr.inference.inputs import collect_inputs, load_raw_input
@@ -16,7 +17,7 @@ from mammodetr.inference.predictor import Predictor
 
 from .gradcam import gradcam
 
-__all__ = ["cam_to_image", "overlay_heatmap", "explain_files"]
+__all__ = ["cam_to_image", "cam_on_original", "overlay_heatmap", "explain_files"]
 
 
 def cam_to_image(cam: np.ndarray, image_hw: tuple[int, int], geometry: InputGeometry) -> np.ndarray:
@@ -27,6 +28,38 @@ def cam_to_image(cam: np.ndarray, image_hw: tuple[int, int], geometry: InputGeom
     img = Image.fromarray(region.astype(np.float32), mode="F").resize((int(image_hw[1]), int(image_hw[0])),
                                                                       Image.BILINEAR)
     return np.asarray(img, dtype=np.float32)
+
+
+def cam_on_original(cam: np.ndarray, transform: ImageTransform, out_hw: tuple[int, int]) -> np.ndarray:
+    """Map an (S, S) model-input CAM onto a grid of ``out_hw`` cells covering the ORIGINAL image (a raw file's
+    pixels, e.g. a downscaled view of it).
+
+    Each cell's centre goes through the recorded transform (crop, flip, resize, letterbox: original -> model
+    input) and the CAM is sampled there bilinearly; cells the model never saw (cropped away) get 0. Every op is
+    axis-aligned, so columns and rows are mapped separately.
+
+    Args:
+        cam: (S_h, S_w) map in model-input pixels.
+        transform: original pixels -> model input (``RawInput.transform``).
+        out_hw: (h, w) of the grid.
+
+    Returns:
+        (h, w) float32.
+    """
+    from scipy import ndimage
+
+    (H, W), (h, w) = transform.input_size_hw, (int(out_hw[0]), int(out_hw[1]))
+    xs, ys = (np.arange(w) + 0.5) * (W / w), (np.arange(h) + 0.5) * (H / h)
+    zx, zy = np.zeros_like(xs), np.zeros_like(ys)
+    x_in = transform.apply_boxes_xyxy(np.stack([xs, zx, xs, zx], 1))[:, 0]
+    y_in = transform.apply_boxes_xyxy(np.stack([zy, ys, zy, ys], 1))[:, 1]
+    gy, gx = np.meshgrid(y_in - 0.5, x_in - 0.5, indexing="ij")
+    out = ndimage.map_coordinates(np.asarray(cam, np.float32), [gy, gx], order=1, mode="nearest")
+    # What the model saw, in original pixels: the whole input mapped back, clipped at every step (so the
+    # letterbox padding and what the crop removed are left out).
+    x1, y1, x2, y2 = transform.invert_boxes_xyxy([[0, 0, cam.shape[1], cam.shape[0]]], clip=True)[0]
+    seen = ((ys >= y1) & (ys <= y2))[:, None] & ((xs >= x1) & (xs <= x2))[None, :]
+    return np.where(seen, out, 0.0).astype(np.float32)
 
 
 def overlay_heatmap(pixels: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:

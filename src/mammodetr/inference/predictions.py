@@ -2,7 +2,8 @@
 
 Each line is ``{"file_name": str, "p_malignant": float, "boxes": [[x1, y1, x2, y2], ...], "scores": [...]}``
 (boxes in pixels of the image named by ``file_name``), or ``{"file_name": str, "error": str}`` for an image
-that could not be processed.
+that could not be processed. Files written by ``predict --exam`` also hold ``breast`` and ``exam`` records
+(``"record"`` field, docs/viewer.md); :func:`read_predictions` reads their image records.
 """
 
 from __future__ import annotations
@@ -124,6 +125,8 @@ def read_predictions(path: str | Path) -> PredictionSet:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+            if isinstance(obj, dict) and obj.get("record", "image") != "image":
+                continue  # breast and exam records of ``predict --exam`` (inference/exam.py)
             rec = _parse(obj, where)
             if rec.file_name in by_name or any(e.file_name == rec.file_name for e in errors):
                 raise ValueError(f"{where}: '{rec.file_name}' appears more than once")

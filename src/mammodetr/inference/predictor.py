@@ -8,7 +8,7 @@ gradients, the chosen precision) and the same decoder (:func:`~mammodetr.inferen
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from mammodetr.data.preprocess import PrepareOptions
 
 from .decode import decode
 from .device import autocast, resolve_device
+from .exam import Exam, ExamOptions, ExamResult, aggregate_exam, group_exams, operating_point, read_exam_table
 from .inputs import RawInput, collect_inputs, load_raw_input
 from .predictions import Prediction, PredictionError, PredictionSet
 
@@ -185,6 +186,45 @@ class Predictor:
     def predict_split(self, root: str | Path, split: str, *, progress: bool = False) -> PredictionSet:
         """:meth:`predict_prepared` on one split of a prepared dataset."""
         return self.predict_prepared(root, split, progress=progress)
+
+    def predict_exam(self, exam: Exam | Iterable[str | Path], *, options: ExamOptions | None = None,
+                     on_file: Callable[[FileResult], None] | None = None) -> ExamResult:
+        """Predict one exam: its images, its breasts and the exam (:mod:`mammodetr.inference.exam`).
+
+        Args:
+            exam: an :class:`Exam` (from :func:`~mammodetr.inference.exam.group_exams`), or files and folders
+                that form one exam.
+            options: breast aggregation and operating point (default: max, the checkpoint's threshold or 0.5).
+            on_file: called with each image's :class:`FileResult` as it is done (e.g. to draw an overlay).
+
+        Raises:
+            ValueError: the files given form more than one exam (use :meth:`iter_exams`), or an input is missing.
+        """
+        if not isinstance(exam, Exam):
+            exams = group_exams(collect_inputs(exam))
+            if len(exams) != 1:
+                raise ValueError(f"the files given form {len(exams)} exams, not one; use Predictor.iter_exams")
+            exam = exams[0]
+        options = options or ExamOptions()
+        predictions = {}
+        for r in self.iter_files([im.path for im in exam.images]):
+            predictions[r.path] = r.result
+            if on_file is not None:
+                on_file(r)
+        return aggregate_exam(exam, predictions, options.breast_aggregate, operating_point(options, self.meta))
+
+    def iter_exams(self, inputs: Iterable[str | Path], *, table: str | Path | None = None,
+                   options: ExamOptions | None = None, progress: bool = False,
+                   on_file: Callable[[FileResult], None] | None = None) -> Iterator[ExamResult]:
+        """Group files and folders into exams (Study Instance UID, else folder; ``table``: a CSV of exams) and
+        yield each exam's result as soon as it is done."""
+        exams = group_exams(collect_inputs(inputs), read_exam_table(table) if table is not None else None)
+        for exam in tqdm(exams, desc="predict", unit="exam", disable=not progress):
+            yield self.predict_exam(exam, options=options, on_file=on_file)
+
+    def predict_exams(self, inputs: Iterable[str | Path], **kwargs) -> list[ExamResult]:
+        """All results of :meth:`iter_exams` as a list."""
+        return list(self.iter_exams(inputs, **kwargs))
 
     def _predict_batch(self, batch: list, by_name: dict[str, Prediction]) -> None:
         if not batch:

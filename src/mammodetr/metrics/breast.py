@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mammodetr.inference.aggregate import AGGREGATES, group_scores
+
 __all__ = ["BreastLevel", "aggregate_breasts"]
 
 
@@ -51,7 +53,7 @@ def aggregate_breasts(
     Returns:
         BreastLevel, or None when no image has a laterality.
     """
-    if how not in ("max", "mean"):
+    if how not in AGGREGATES:
         raise ValueError(f"breast aggregation must be 'max' or 'mean', got {how!r}")
     p = np.asarray(p_malignant, dtype=np.float64)
     y = np.asarray(y_true, dtype=np.int64)
@@ -60,17 +62,12 @@ def aggregate_breasts(
         return None
     keys = np.array([f"{pid}|{sid if sid is not None else ''}|{lat}"
                      for pid, sid, lat in zip(patient_ids, study_ids, lateralities)], dtype=object)[keep]
+    uniq_list, scores, n_views = group_scores(p[keep], keys.astype(str), how)
     uniq, inv = np.unique(keys.astype(str), return_inverse=True)
     m = uniq.size
-    n_views = np.bincount(inv, minlength=m)
-    if how == "max":
-        scores = np.full(m, -np.inf)
-        np.maximum.at(scores, inv, p[keep])
-    else:
-        scores = np.bincount(inv, weights=p[keep], minlength=m) / n_views
     labels = np.zeros(m, dtype=np.int64)
     np.maximum.at(labels, inv, y[keep])
     pids = [""] * m
     for k, pid in zip(inv, np.asarray(patient_ids, dtype=object)[keep]):
         pids[k] = str(pid)
-    return BreastLevel(uniq.tolist(), scores, labels, pids, n_views)
+    return BreastLevel(uniq_list, scores, labels, pids, n_views)
