@@ -3,6 +3,7 @@ boxes and the boxes planted in the model, in the ORIGINAL pixels, through crop, 
 
 import json
 import logging
+import sys
 
 import numpy as np
 import pydicom
@@ -165,3 +166,13 @@ def test_sr_min_score_and_recorded_operating_threshold(synth_dicoms, tmp_path):
         assert f.algorithm["model_sha256"] == meta.get("weights_sha256", "not recorded")
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         SRExporter(tmp_path / "sr", predictor, 1.5)
+
+
+def test_missing_highdicom_or_a_file_as_folder_is_one_line_before_anything_runs(synth_dicoms, tmp_path, monkeypatch):
+    predictor, _, _ = scripted_predictor(synth_dicoms[:1], OPTIONS, False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is not a folder"):
+        SRExporter(tmp_path / "file", predictor)
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom -> ImportError
+    with pytest.raises(ValueError, match=r"needs highdicom: pip install 'mammodetr\[sr\]'"):
+        SRExporter(tmp_path / "sr", predictor)
