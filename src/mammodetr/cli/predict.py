@@ -13,6 +13,8 @@ from mammodetr.inference.inputs import collect_inputs
 from mammodetr.inference.overlay import draw_overlay
 from mammodetr.inference.predictions import Prediction, PredictionError, write_predictions
 from mammodetr.inference.predictor import FileResult, Predictor
+from mammodetr.sr import SRExporter
+from mammodetr.sr.concepts import DEFAULT_MIN_SCORE
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM/PNG/TIFF files or folders")
     parser.add_argument("--out", required=True, help="predictions.jsonl to write (one line per image, as it is made)")
     parser.add_argument("--overlay", metavar="DIR", help="also write images with boxes and scores drawn")
+    parser.add_argument("--dicom-sr", metavar="DIR", help="also write a DICOM SR (TID 1500 Measurement Report) per "
+                        "DICOM input into DIR, for a PACS or viewer; research use only (needs mammodetr[sr])")
+    parser.add_argument("--sr-min-score", type=float, metavar="S", help="boxes scoring at least S go into the SR "
+                        f"(default: the checkpoint's operating threshold, {DEFAULT_MIN_SCORE} when none is recorded)")
     batch = default_of(Predictor, "batch_size")
     parser.add_argument("--batch-size", type=int, default=batch, help=f"images per forward pass (default: {batch})")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
@@ -50,6 +56,7 @@ def _with_overlays(results: Iterator[FileResult], overlay_dir: str | None) -> It
 def run(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
                                           verify=not args.no_verify)
+    sr = SRExporter(args.dicom_sr, predictor, args.sr_min_score) if args.dicom_sr else None
     counts = {"ok": 0, "failed": 0}
 
     def counted(results):
@@ -61,8 +68,12 @@ def run(args: argparse.Namespace) -> int:
     if args.exam:
         return _run_exams(args, predictor, files)
     results = predictor.iter_files(files, progress=not args.no_progress)
+    if sr is not None:
+        results = sr.stream(results)  # each SR is written before its predictions line, which names it
     path = write_predictions(args.out, counted(_with_overlays(results, args.overlay)))
     print(f"wrote {path}: {counts['ok']} predictions, {counts['failed']} failed")
+    if sr is not None:
+        print(sr.summary())
     return 0 if counts["ok"] or not counts["failed"] else 1
 
 
