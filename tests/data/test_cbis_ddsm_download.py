@@ -52,7 +52,8 @@ def test_excerpts_keep_the_original_quirks():
     assert "breast density" in header and "breast_density" in (FIXTURES / "mass_case_description_test_set.csv"
                                                                 ).read_text().splitlines()[0]
     rows, images, duplicates = _reference()
-    assert len(rows) == 82 and len(duplicates) == 6  # P_00034, P_00106 (train) and P_00202 (test), CC and MLO
+    # duplicates: P_00034 and P_00106 RIGHT (training), P_00202 RIGHT (test), CC and MLO each
+    assert len(rows) == 82 and len(images) == 69 and len(duplicates) == 6
 
 
 def test_views_of_both_collections_become_one_image(cbis_download):

@@ -7,6 +7,10 @@ import pytest
 from mammodetr.cli import main as cli_main
 from mammodetr.data.converters import convert
 
+# The excerpts in tests/data/fixtures/cbis_ddsm name 69 distinct mammograms in 82 abnormality rows (counted with the
+# csv module in test_cbis_ddsm_download.py).
+N_IMAGES, N_ROWS = 69, 82
+
 
 def _n_boxes(conv):
     return sum(len(r.boxes) for r in conv.records)
@@ -22,8 +26,8 @@ def test_layouts_are_found_and_named(cbis_download, tree, says):
     root = cbis_download(tree=tree)
     conv = convert("cbis-ddsm", root)
     assert says in conv.summary["layout"] and conv.summary["images_root"] == str(root / tree)
-    assert conv.summary["image_folders_found"] == conv.summary["image_folders_named"] == 69
-    assert _n_boxes(conv) == 82 and not conv.problems
+    assert conv.summary["image_folders_found"] == conv.summary["image_folders_named"] == N_IMAGES
+    assert _n_boxes(conv) == N_ROWS and not conv.problems
 
 
 def test_files_renamed_by_the_download_tool(cbis_download):
@@ -38,7 +42,7 @@ def test_files_renamed_by_the_download_tool(cbis_download):
         for old in sorted((p for p in top.iterdir() if p.name.startswith("1.3.6")), reverse=True):
             shutil.rmtree(old)
     conv = convert("cbis-ddsm", root)
-    assert _n_boxes(conv) == 82 and conv.summary["duplicate_views_merged"] == 6 and not conv.problems
+    assert _n_boxes(conv) == N_ROWS and conv.summary["duplicate_views_merged"] == 6 and not conv.problems
 
 
 def test_nothing_found_stops_early_naming_the_layouts_and_the_flag(cbis_download, capsys):
@@ -46,13 +50,13 @@ def test_nothing_found_stops_early_naming_the_layouts_and_the_flag(cbis_download
     with pytest.raises(ValueError) as err:
         convert("cbis-ddsm", root)
     msg = str(err.value)
-    assert "none of the 69 image folders" in msg and "--images-dir" in msg
+    assert f"none of the {N_IMAGES} image folders" in msg and "--images-dir" in msg
     assert str(root) in msg and str(root / "CBIS-DDSM") in msg and "\n" not in msg
     assert "P_0" not in msg  # no patient identifier in an error
     assert cli_main(["prepare", "--source", "cbis-ddsm", "--input", str(root), "--out", str(root / "out")]) == 2
     assert "--images-dir" in capsys.readouterr().err
     conv = convert("cbis-ddsm", root, images_dir=root / "somewhere/deeper/still")
-    assert "--images-dir" in conv.summary["layout"] and _n_boxes(conv) == 82
+    assert "--images-dir" in conv.summary["layout"] and _n_boxes(conv) == N_ROWS
 
 
 def test_two_candidate_folders_and_the_jpeg_repackaging_are_named(cbis_download):
@@ -76,9 +80,10 @@ def test_partial_download(cbis_download):
     root = cbis_download(skip=missing)
     conv = convert("cbis-ddsm", root)
     lines = [p.line() for p in conv.problems]
-    assert any("1 of the 69 image folders the CSVs name are missing (a partial download?)" in ln for ln in lines)
+    note = f"1 of the {N_IMAGES} image folders the CSVs name are missing (a partial download?)"
+    assert any(note in ln for ln in lines)
     assert sum("image file not found" in ln for ln in lines) == 1
-    assert _n_boxes(conv) == 81
+    assert _n_boxes(conv) == N_ROWS - 1
 
 
 def test_input_is_the_image_tree_instead_of_the_csv_folder(cbis_download):
