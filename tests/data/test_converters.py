@@ -357,3 +357,16 @@ def test_csv_missing_column_is_an_error(tmp_path):
 def test_unknown_source():
     with pytest.raises(ValueError, match="choose one of coco, csv, mias, cbis-ddsm, vindr"):
         convert("ddsm", ".")
+
+
+def test_check_images_found(tmp_path):
+    from mammodetr.data.converters import check_images_found
+
+    (tmp_path / "t.csv").write_text("image_path,patient_id,label\nP1/a.png,P1,normal\nP2/b.png,P2,benign\n")
+    conv = convert("csv", tmp_path / "t.csv")
+    with pytest.raises(ValueError, match="none of the 2 images the csv table names was found under") as err:
+        check_images_found(conv, tmp_path / "t.csv")
+    assert "P1" not in str(err.value).replace(str(tmp_path), "") and "--images-dir" in str(err.value)
+    (tmp_path / "P2").mkdir()
+    (tmp_path / "P2" / "b.png").write_bytes(b"")
+    check_images_found(conv, tmp_path / "t.csv")  # one file is there: the run goes on and reports the rest

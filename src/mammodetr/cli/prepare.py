@@ -10,7 +10,8 @@ import argparse
 import dataclasses
 
 from mammodetr.cli.options import add_dataclass_flags, default_of, given
-from mammodetr.data.converters import SOURCES, convert, vindr
+from mammodetr.data.converters import SOURCES, cbis_ddsm, check_images_found, convert, vindr
+from mammodetr.data.counts import format_count_table
 from mammodetr.data.prepare import prepare_dataset
 from mammodetr.data.preprocess import PrepareOptions
 
@@ -37,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     birads = default_of(vindr.convert, "positive_birads")
     parser.add_argument("--vindr-positive-birads", type=_birads_list, default=birads,
                         help=f"VinDr: BI-RADS categories counted as malignant (default: {','.join(map(str, birads))})")
+    merge = default_of(cbis_ddsm.convert, "merge_duplicate_views")
+    parser.add_argument("--cbis-keep-duplicate-views", dest="cbis_merge_views", action="store_false", default=merge,
+                        help="CBIS-DDSM: keep the Mass- and Calc- copies of one view as two images, each with only "
+                             "its own boxes (to study masses or calcifications alone); by default they are merged "
+                             "into one image carrying every box")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -45,12 +51,24 @@ def run(args: argparse.Namespace) -> int:
     extra = {"images_dir": args.images_dir} if args.images_dir else {}
     if args.source == "vindr":
         extra["positive_birads"] = args.vindr_positive_birads
+    if args.source == "cbis-ddsm":
+        extra["merge_duplicate_views"] = args.cbis_merge_views
     conversion = convert(args.source, args.input, **extra)
+    if "layout" in conversion.summary:
+        print(conversion.summary["layout"])
+    check_images_found(conversion, args.input)
     report = prepare_dataset(conversion, args.out, options, workers=args.workers, progress=not args.no_progress)
-    labels = ", ".join(f"{k} {v}" for k, v in report["labels"].items())
-    print(f"prepared {report['images_prepared']} of {report['images_in_source']} images into {args.out} "
-          f"({labels}; {report['images_with_boxes']} with boxes, {report['boxes']} boxes; "
-          f"{report['images_reused_from_earlier_run']} reused, {report['images_skipped']} skipped, "
-          f"{len(report['problems'])} problems; {report['seconds']:.1f} s)")
+    print(_summary_line(report, args.out))
+    print(format_count_table(report["counts"]))
     print(f"report: {args.out}/prepare_report.json")
     return 0 if report["images_prepared"] > 0 else 1
+
+
+def _summary_line(report: dict, out: str) -> str:
+    labels = ", ".join(f"{k} {v}" for k, v in report["labels"].items())
+    merged = report["conversion"].get("duplicate_views_merged")
+    merged_text = f"{merged} duplicate views merged, " if merged is not None else ""
+    return (f"prepared {report['images_prepared']} of {report['images_in_source']} images into {out} "
+            f"({labels}; {report['images_with_boxes']} with boxes, {report['boxes']} boxes; {merged_text}"
+            f"{report['images_reused_from_earlier_run']} reused, {report['images_skipped']} skipped, "
+            f"{len(report['problems'])} problems; {report['seconds']:.1f} s)")

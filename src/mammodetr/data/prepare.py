@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mammodetr.atomic import write_json
+from mammodetr.data.counts import count_table
 from mammodetr.data.geometry import ImageTransform
 from mammodetr.data.image import ImageReadError, to_uint16
 from mammodetr.data.png16 import write_png16
@@ -461,6 +462,8 @@ def _write_outputs(run: _Run, plan: _Plan, dataset: _Dataset, n_workers: int, el
         "images_without_boxes": len(dataset.images) - dataset.n_with_boxes,
         "boxes": dataset.n_boxes,
         "splits": dict(dataset.split_counts),
+        "counts": count_table(dataset.images, dataset.annotations),
+        "conversion": conversion.summary,
         "crop_fallbacks": dataset.crop_fallbacks,
         "side_mismatches": dataset.side_mismatches,
         "problems": [p.to_dict() for p in run.problems],

@@ -110,9 +110,19 @@ class Problem:
 
 @dataclass
 class Conversion:
-    """What a converter returns: the usable images and every problem met on the way."""
+    """What a converter returns: the usable images and every problem met on the way.
+
+    Attributes:
+        records: One per usable image.
+        problems: Every row or file the converter had to skip or fix.
+        source: The converter's name (set by :func:`mammodetr.data.converters.convert`).
+        input_root: Folder that image paths are reported relative to.
+        summary: What the converter decided about the input as a whole, JSON-able (e.g. CBIS-DDSM: the download
+            layout used, how many duplicate views were merged); ``prepare`` copies it into its report.
+    """
 
     records: list[ImageRecord]
     problems: list[Problem] = field(default_factory=list)
     source: str = ""
     input_root: Optional[Path] = None
+    summary: dict = field(default_factory=dict)

@@ -7,13 +7,14 @@ Optional readers (pydicom for CBIS-DDSM masks) are imported only when a converte
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from mammodetr.data.converters import cbis_ddsm, coco, csv_table, mias, vindr
 from mammodetr.data.records import Conversion
 
-__all__ = ["SOURCES", "convert"]
+__all__ = ["SOURCES", "convert", "check_images_found"]
 
 SOURCES: dict[str, Callable[..., Conversion]] = {
     "coco": coco.convert,
@@ -35,3 +36,20 @@ def convert(source: str, input_path: str | Path, **options) -> Conversion:
     conversion = SOURCES[source](Path(input_path), **options)
     conversion.source = source
     return conversion
+
+
+def check_images_found(conversion: Conversion, input_path: str | Path) -> None:
+    """Stop before preparing when not one image the records name exists: the table points at another folder.
+
+    Raises:
+        ValueError: naming the folder the paths were resolved under (the converter's ``images_root`` or
+            ``input_root``, never a path from the table, which may hold patient identifiers) and ``--images-dir``.
+    """
+    records = conversion.records
+    if not records or any(r.image_path.is_file() for r in records):
+        return
+    under = conversion.summary.get("images_root") or conversion.input_root
+    if under is None:
+        under = os.path.commonpath([str(r.image_path.parent) for r in records])
+    raise ValueError(f"{input_path}: none of the {len(records)} images the {conversion.source or 'input'} table "
+                     f"names was found under {under}; point --images-dir at the folder its image paths start from")

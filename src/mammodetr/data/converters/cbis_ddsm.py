@@ -2,9 +2,13 @@
 
 One CSV row per abnormality. The mass CSVs spell the density column ``breast_density``, the calc CSVs
 ``breast density``; both are read. Path cells often carry trailing whitespace or line breaks; they are cleaned.
-An abnormality's box is the bounding box of the non-zero pixels of its ROI mask DICOM, which must have the
-size of the full mammogram: a mask of another size (mis-sized or mis-linked) is reported and its box skipped,
-never rescaled. BENIGN_WITHOUT_CALLBACK is benign. The official train/test split (from the file name) is kept.
+The folder the CSV paths start from is found among the usual ways of unpacking the TCIA download
+(:mod:`~mammodetr.data.converters.cbis_layout`). An abnormality's box is the bounding box of the non-zero pixels of
+its ROI mask DICOM, which must have the size of the full mammogram: a mask of another size is reported and its box
+skipped, never rescaled (when the CSV's mask path names the cropped lesion image and exactly one file beside it has
+the mammogram's size, that one is used and reported). BENIGN_WITHOUT_CALLBACK is benign. The official train/test
+split (from the file name) is kept. A view stored under both a Mass- and a Calc- folder becomes one image carrying
+every box (:mod:`~mammodetr.data.converters.cbis_views`) unless ``merge_duplicate_views=False``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from typing import Optional
 
 import numpy as np
 
+from mammodetr.data.converters.cbis_layout import Layout, find_images_root, top_folder
+from mammodetr.data.converters.cbis_views import DicomHeader
+from mammodetr.data.converters.cbis_views import merge_duplicate_views as merge_views
 from mammodetr.data.converters.common import clean_text, normalise_laterality, read_csv_rows
 from mammodetr.data.records import BoxRecord, Conversion, ImageRecord, Problem, worst_label
 
@@ -29,11 +36,23 @@ def _norm_header(name: str) -> str:
     return re.sub(r"[\s_]+", " ", clean_text(name).lower())
 
 
-def _dicom_size(path: Path) -> tuple[int, int]:
+def _dicom_header(path: Path) -> DicomHeader:
     import pydicom
 
     ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    return int(ds.Rows), int(ds.Columns)
+    uid = ds.get("SOPInstanceUID")
+    return DicomHeader(int(ds.Rows), int(ds.Columns), str(uid) if uid else None)
+
+
+def _dicom_size(path: Path) -> tuple[int, int]:
+    return _dicom_header(path).size
+
+
+def _size_or_none(path: Path) -> Optional[tuple[int, int]]:
+    try:
+        return _dicom_size(path)
+    except Exception:  # noqa: BLE001 - an unreadable candidate is simply not a match
+        return None
 
 
 def _resolve(root: Path, rel: str, want_size: Optional[tuple[int, int]] = None) -> Optional[Path]:
@@ -51,15 +70,14 @@ def _resolve(root: Path, rel: str, want_size: Optional[tuple[int, int]] = None) 
         return None
     candidates = sorted(p for p in top.rglob("*.dcm") if p.is_file())
     if want_size is not None:
-        matching = []
-        for p in candidates:
-            try:
-                if _dicom_size(p) == want_size:
-                    matching.append(p)
-            except Exception:  # noqa: BLE001 - an unreadable candidate is simply not a match
-                continue
-        candidates = matching
+        candidates = [p for p in candidates if _size_or_none(p) == want_size]
     return candidates[0] if len(candidates) == 1 else None
+
+
+def _same_size_sibling(path: Path, size: tuple[int, int]) -> Optional[Path]:
+    """The only other DICOM beside ``path`` whose size is ``size`` (None when there is none or several)."""
+    others = [p for p in sorted(path.parent.glob("*.dcm")) if p != path and _size_or_none(p) == size]
+    return others[0] if len(others) == 1 else None
 
 
 def mask_box_xyxy(mask: np.ndarray) -> Optional[tuple[int, int, int, int]]:
@@ -85,36 +103,77 @@ def _csv_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".csv"
                    and "case_description" in p.name.lower())
     if not files:
-        raise ValueError(f"{folder}: no CBIS-DDSM case-description CSVs (*case_description*.csv) found")
+        raise ValueError(f"{folder}: no CBIS-DDSM case-description CSVs (*case_description*.csv) found; --input is "
+                         "the folder holding the four CSVs from the TCIA page (they are not inside the image download)")
     return files
 
 
-def convert(input_path: Path, *, images_dir: str | Path | None = None, **_options) -> Conversion:
+def _read_rows(files: list[Path]) -> list[tuple[str, dict, str, str]]:
+    """Every abnormality row as ``(where, row, split, kind)``; split and kind come from the file name."""
+    rows = []
+    for csv_path in files:
+        split = "test" if "test" in csv_path.name.lower() else "train"
+        kind = "calc" if csv_path.name.lower().startswith("calc") else "mass"
+        rows.extend((where, row, split, kind) for _, where, row in read_csv_rows(csv_path, _REQUIRED,
+                                                                                 header=_norm_header))
+    return rows
+
+
+def convert(input_path: Path, *, images_dir: str | Path | None = None, merge_duplicate_views: bool = True,
+            **_options) -> Conversion:
     """Read CBIS-DDSM.
 
     Args:
         input_path: folder holding the case-description CSVs (or one CSV file).
-        images_dir: root of the TCIA download tree the CSV paths are relative to (default: the CSVs' folder).
+        images_dir: root of the TCIA download tree the CSV paths are relative to (default: found among the usual
+            layouts, see :mod:`~mammodetr.data.converters.cbis_layout`).
+        merge_duplicate_views: fold the Mass- and Calc- copies of one view into one image (default); False keeps
+            them apart, each with only its own boxes (to study masses or calcifications alone).
+
+    Raises:
+        ValueError: no CSV, or none of the image folders the CSVs name exists under any layout tried.
     """
     path = Path(input_path)
     files = [path] if path.is_file() else _csv_files(path) if path.is_dir() else []
     if not files:
         raise ValueError(f"{path}: not found")
-    reader = _Reader(Path(images_dir) if images_dir else files[0].parent)
-    for csv_path in files:
-        split = "test" if "test" in csv_path.name.lower() else "train"
-        kind = "calc" if csv_path.name.lower().startswith("calc") else "mass"
-        for _, where, row in read_csv_rows(csv_path, _REQUIRED, header=_norm_header):
-            reader.add_row(where, row, split, kind)
-    records = [
-        ImageRecord(
-            image_path=e["path"], key=key, patient_id=e["patient"], label=worst_label(e["labels"]),
-            laterality=e["laterality"], view=e["view"], boxes=e["boxes"], official_split=e["split"],
-            extra={"abnormality_types": sorted(e["kinds"]), "breast_density": e["density"]},
-        )
-        for key, e in reader.images.items()
-    ]
-    return Conversion(records, reader.problems, input_root=reader.root)
+    rows = _read_rows(files)
+    tops = {top_folder(clean_text(row["image file path"])) for _, row, _, _ in rows}
+    tops.discard("")
+    layout = find_images_root(files[0].parent, tops, Path(images_dir) if images_dir else None)
+    reader = _Reader(layout.root)
+    for where, row, split, kind in rows:
+        reader.add_row(where, row, split, kind)
+    if layout.found < layout.named:
+        reader.problems.append(Problem(str(layout.root), f"{layout.named - layout.found} of the {layout.named} image "
+                                       "folders the CSVs name are missing (a partial download?)", "note"))
+    images, merged = reader.images, 0
+    if merge_duplicate_views:
+        images, merged = merge_views(reader.images, reader.problems)
+    records = [_record(key, e) for key, e in images.items()]
+    return Conversion(records, reader.problems, input_root=layout.root,
+                      summary=_summary(layout, merged, merge_duplicate_views))
+
+
+def _record(key: str, e: dict) -> ImageRecord:
+    extra = {"abnormality_types": sorted(e["kinds"]), "breast_density": e["density"]}
+    if e.get("copies", 1) > 1:
+        extra["copies_merged"] = e["copies"]
+    return ImageRecord(
+        image_path=e["path"], key=key, patient_id=e["patient"], label=worst_label(e["labels"]),
+        laterality=e["laterality"], view=e["view"], boxes=e["boxes"], official_split=e["split"], extra=extra,
+    )
+
+
+def _summary(layout: Layout, merged: int, merging: bool) -> dict:
+    return {
+        "layout": f"CBIS-DDSM images: {layout.description}; {layout.found} of {layout.named} image folders found",
+        "images_root": str(layout.root),
+        "image_folders_found": layout.found,
+        "image_folders_named": layout.named,
+        "duplicate_views": "merged" if merging else "kept apart",
+        "duplicate_views_merged": merged,
+    }
 
 
 @dataclass
@@ -123,15 +182,15 @@ class _Reader:
 
     Attributes:
         root: Root the CSV paths are relative to.
-        images: Per image key (path relative to ``root``): path, patient, laterality, view, split, labels,
-            boxes, abnormality kinds and density.
-        sizes: ``(rows, columns)`` per image file already read.
+        images: Per image key (path relative to ``root``): path, patient, laterality, view, split, header,
+            labels, boxes, abnormality kinds and density.
+        headers: Header per image file already read.
         problems: Every problem met.
     """
 
     root: Path
     images: dict[str, dict] = field(default_factory=dict)
-    sizes: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    headers: dict[Path, DicomHeader] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
 
     def add_row(self, where: str, row: dict, split: str, kind: str) -> None:
@@ -146,24 +205,25 @@ class _Reader:
             self.problems.append(Problem(f"{where} ({image_rel})", "image file not found"))
             return
         try:
-            if image_path not in self.sizes:
-                self.sizes[image_path] = _dicom_size(image_path)
+            if image_path not in self.headers:
+                self.headers[image_path] = _dicom_header(image_path)
         except Exception as exc:  # noqa: BLE001 - reported, the rest of the dataset goes on
             self.problems.append(Problem(f"{where} ({image_rel})", f"cannot read DICOM header: {exc}"))
             return
-        size = self.sizes[image_path]
+        header = self.headers[image_path]
         root = self.root
         key = str(image_path.relative_to(root)) if image_path.is_relative_to(root) else str(image_path)
         entry = self.images.setdefault(key, {
             "path": image_path, "patient": clean_text(row["patient id"]),
             "laterality": normalise_laterality(row["left or right breast"]),
-            "view": clean_text(row["image view"]).upper() or None, "split": split,
+            "view": clean_text(row["image view"]).upper() or None, "split": split, "header": header,
             "labels": [], "boxes": [], "kinds": set(),
             "density": clean_text(row.get("breast density")) or None,
         })
         entry["labels"].append(pathology)
         entry["kinds"].add(kind)
-        box = self._mask_box(where, clean_text(row["roi mask file path"]), size)
+        box = self._mask_box(f"{where} ({clean_text(row['roi mask file path'])})",
+                             clean_text(row["roi mask file path"]), header.size)
         if box is not None:
             entry["boxes"].append(BoxRecord(*box, pathology=pathology, lesion_type=kind))
 
@@ -171,20 +231,34 @@ class _Reader:
         """The ROI mask's bounding box; None (reported) when the mask is missing, unreadable, mis-sized or empty."""
         mask_path = _resolve(self.root, mask_rel, want_size=size)
         if mask_path is None:
-            self.problems.append(Problem(f"{where} ({mask_rel})", "ROI mask not found (or not unique)", "skipped box"))
+            self.problems.append(Problem(where, "ROI mask not found (or not unique)", "skipped box"))
             return None
-        try:
-            mask = _read_mask(mask_path)
-        except Exception as exc:  # noqa: BLE001
-            self.problems.append(Problem(f"{where} ({mask_rel})", f"cannot read ROI mask: {exc}", "skipped box"))
-            return None
-        if tuple(mask.shape[:2]) != size:
-            self.problems.append(Problem(
-                f"{where} ({mask_rel})",
-                f"ROI mask is {mask.shape[0]}x{mask.shape[1]} but the image is {size[0]}x{size[1]} "
-                "(mis-sized or mis-linked mask)", "skipped box"))
+        mask = self._read(where, mask_path)
+        if mask is not None and tuple(mask.shape[:2]) != size:
+            mask = self._sibling_mask(where, mask_path, mask.shape[:2], size)
+        if mask is None:
             return None
         box = mask_box_xyxy(mask)
         if box is None:
-            self.problems.append(Problem(f"{where} ({mask_rel})", "ROI mask is empty", "skipped box"))
+            self.problems.append(Problem(where, "ROI mask is empty", "skipped box"))
         return box
+
+    def _read(self, where: str, path: Path) -> Optional[np.ndarray]:
+        try:
+            return _read_mask(path)
+        except Exception as exc:  # noqa: BLE001 - reported, the rest of the dataset goes on
+            self.problems.append(Problem(where, f"cannot read ROI mask: {exc}", "skipped box"))
+            return None
+
+    def _sibling_mask(self, where: str, path: Path, shape: tuple[int, int], size: tuple[int, int]
+                      ) -> Optional[np.ndarray]:
+        """A mask of the wrong size: the only image-sized file beside it, when there is one; else reported."""
+        what = f"ROI mask is {shape[0]}x{shape[1]} but the image is {size[0]}x{size[1]}"
+        sibling = _same_size_sibling(path, size)
+        mask = None if sibling is None else self._read(where, sibling)
+        if mask is None or tuple(mask.shape[:2]) != size:
+            self.problems.append(Problem(where, f"{what} (mis-sized or mis-linked mask)", "skipped box"))
+            return None
+        self.problems.append(Problem(where, f"{what} (the cropped lesion image?); used {sibling.name} beside it, "
+                                            "the only file of the image's size", "note"))
+        return mask
