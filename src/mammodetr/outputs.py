@@ -252,7 +252,7 @@ class LineWriter:
             self.path.unlink(missing_ok=True)
         if isinstance(exc, OutputWriteError) and str(self.path) not in str(exc):
             # Another output of the same run failed (an overlay, an SR): say what this file kept.
-            kept = f"{self.saved} {self.unit} were saved in {self.path}" if self.saved else "no line was saved"
+            kept = f"{self.saved} {self.unit} were saved in {self.path}" if self.saved else f"no {self.unit} were saved"
             raise OutputWriteError(f"{exc}; {kept}") from exc
 
 
