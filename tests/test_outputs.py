@@ -59,6 +59,8 @@ def test_existing_outputs_are_refused_and_overwrite_moves_them_aside(tree):
     with pytest.raises(OutputConflictError, match="not empty: pass --resume to continue it, --overwrite"):
         check_fresh(out, overwrite=False, hint="--resume to continue it, ")
     assert claim_outputs({"--out": out}, {"": tree / "in"}, overwrite=True) == [out]
+    with pytest.raises(OutputConflictError, match="--out and --overlay are the same path"):
+        claim_outputs({"--out": tree / "o", "--overlay": tree / "x" / ".." / "o"}, {}, overwrite=False)
     first, second = move_aside(out), None
     out.mkdir()
     (out / "new").write_text("")

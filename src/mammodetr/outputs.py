@@ -260,7 +260,12 @@ def claim_outputs(outputs: Named, inputs: Named, *, overwrite: bool, hint: str =
     """:func:`check_separate`, then :func:`check_fresh` on every output: the checks a command runs before it
     starts. Returns the outputs that exist and must be moved aside (``overwrite``) once the run can start."""
     check_separate(outputs, inputs)
-    return [Path(p) for flag, p in _pairs(outputs) if check_fresh(p, overwrite=overwrite, flag=flag, hint=hint)]
+    pairs = _pairs(outputs)
+    for k, (a_label, a) in enumerate(pairs):
+        for b_label, b in pairs[k + 1:]:
+            if resolved(a) == resolved(b):
+                raise OutputConflictError(f"{a_label} and {b_label} are the same path {a}: give each its own")
+    return [Path(p) for flag, p in pairs if check_fresh(p, overwrite=overwrite, flag=flag, hint=hint)]
 
 
 def move_all_aside(paths: Iterable[PathLike]) -> list[str]:

@@ -110,7 +110,10 @@ def _conflicts(ckpt, scans, tmp_path):
         "evaluate --out contains predictions": ["evaluate", "--data", d, "--predictions", str(preds), "--out",
                                                 str(tmp_path)],
         "evaluate --out inside checkpoint": ["evaluate", "--data", d, "--checkpoint", c, "--out", f"{c}/ev"],
-        "prepare --out = input folder": ["prepare", "--source", "mias", "--input", s, "--out", s],
+        "prepare --out = images folder": ["prepare", "--source", "csv", "--input", f"{tmp_path}/t.csv",
+                                          "--images-dir", s, "--out", s],
+        "prepare --out inside images folder": ["prepare", "--source", "csv", "--input", f"{tmp_path}/t.csv",
+                                               "--images-dir", s, "--out", f"{s}/prepared"],
         "prepare --out holds the images": ["prepare", "--source", "csv", "--input", f"{tmp_path}/t.csv", "--out", s],
     }
 
