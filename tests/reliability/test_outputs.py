@@ -214,19 +214,23 @@ def _load_paths(ckpt, scans, tmp_path, data, preds):
     }
 
 
-def test_a_flipped_weight_byte_is_refused_on_every_load_path(flipped, scans, tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def load_paths(scans, tmp_path, monkeypatch):
+    """Every command that loads a checkpoint, as a function of the checkpoint; ``serve`` stops before its server."""
     pytest.importorskip("starlette")
-    served = []
-    monkeypatch.setattr("mammodetr.cli.serve.run_server", lambda viewer: served.append(viewer))
+    monkeypatch.setattr("mammodetr.cli.serve.run_server", lambda viewer: None)
     data = make_prepared_dataset(tmp_path / "ds", n_patients=2, size_hw=(80, 60))
     preds = tmp_path / "given.jsonl"
     preds.write_text("".join(json.dumps(r) + "\n" for r in ground_truth_predictions(data, np.random.default_rng(0))))
-    for name, argv in _load_paths(flipped, scans, tmp_path, data, preds).items():
+    return lambda ckpt: _load_paths(ckpt, scans, tmp_path, data, preds)
+
+
+def test_a_flipped_weight_byte_is_refused_on_every_load_path(flipped, load_paths, capsys):
+    for name, argv in load_paths(flipped).items():
         assert main(argv) == 2, name
         _one_error_line(capsys, "do not match the SHA-256", "--no-verify")
         assert main([*argv, "--no-verify"]) == 0, name  # hand-edited weights, on purpose
         capsys.readouterr()
-    assert len(served) == 1
 
 
 # -- item 11: an inverted box is refused with file, line and box ----------------------------------------------------
@@ -310,18 +314,19 @@ def test_files_that_are_not_images_are_counted_in_the_summary(ckpt, scans, tmp_p
     assert str(scans / "IM0001") in {r["file_name"] for r in _lines(out)}
 
 
-# -- pickle payloads in the checkpoint's weights (the other load paths: test_outputs_train.py) ----------------------
+# -- pickle payloads in the checkpoint's weights, on every load path (--pretrained, --resume: test_outputs_train.py) --
 
-def test_a_pickle_as_model_weights_is_refused_and_never_run(ckpt, scans, tmp_path, capsys):
+def test_a_pickle_as_model_weights_is_refused_and_never_run(ckpt, load_paths, tmp_path, capsys):
     bad = tmp_path / "bad"
     shutil.copytree(ckpt, bad)
     marker = tmp_path / "PAYLOAD_RAN"
     write_pickle_payload(bad / "model.safetensors", marker)
-    for extra in ([], ["--no-verify"]):
-        assert main(["predict", "--checkpoint", str(bad), str(scans), "--out", str(tmp_path / "p.jsonl"),
-                     *extra]) == 2
-        _one_error_line(capsys, str(bad))
-    assert not marker.exists() and not (tmp_path / "p.jsonl").exists()
+    before = tree(tmp_path)
+    for name, argv in load_paths(bad).items():
+        for extra in ([], ["--no-verify"]):  # not a checksum question: a pickle is never read
+            assert main([*argv, *extra]) == 2, (name, extra)
+            _one_error_line(capsys, str(bad))
+    assert not marker.exists() and tree(tmp_path) == before  # nothing ran, nothing was written
 
 
 def test_existing_outputs_are_refused_and_overwrite_moves_them_aside(ckpt, scans, tmp_path, capsys):
