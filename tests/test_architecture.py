@@ -18,6 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mammodetr"
 LAYERS = {
     "mammodetr._version": -1,  # foundations every layer may use
     "mammodetr.atomic": -1,
+    "mammodetr.outputs": -1,
     "mammodetr.data": 0,
     "mammodetr.models": 1,
     "mammodetr.config": 2,

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
 import platform
 import shutil
 import time
@@ -34,10 +35,11 @@ from mammodetr._version import __version__
 from mammodetr.atomic import dumps
 from mammodetr.config import RunConfig
 from mammodetr.models.detr import build_model
+from mammodetr.outputs import write_error
 
 __all__ = ["MODEL_FILE", "CONFIG_FILE", "META_FILE", "STATE_FILE", "CheckpointError", "Checkpoint",
-           "save_checkpoint", "resolve_checkpoint", "read_checkpoint", "load_checkpoint", "load_model",
-           "load_training_state", "file_sha256"]
+           "save_checkpoint", "resolve_checkpoint", "read_checkpoint", "verify_weights", "load_checkpoint",
+           "load_model", "restore_weights", "load_training_state", "file_sha256"]
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -97,23 +99,27 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: RunConfig, 
             dicts, so it loads with ``weights_only=True``.
 
     Raises:
-        OSError: the folder cannot be written (disk full, read-only); the temporary folder is removed and an
-            earlier checkpoint at ``directory`` is left untouched.
+        OutputWriteError: the folder cannot be written (disk full, read-only; safetensors and torch report these
+            as their own error types, turned into this one line); the temporary folder is removed and an earlier
+            checkpoint at ``directory`` is left untouched.
     """
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
+    state = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
+    config_text = dumps(config.to_dict())
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
         save_file(state, str(tmp / MODEL_FILE), metadata={"format": "pt"})
-        _write(tmp / CONFIG_FILE, dumps(config.to_dict()))
+        _write(tmp / CONFIG_FILE, config_text)
         _write(tmp / META_FILE, dumps(_meta(tmp / MODEL_FILE, meta)))
         if training_state is not None:
             torch.save(training_state, tmp / STATE_FILE)
         _fsync_dir(tmp)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, Exception):  # everything above writes a file: its failure is the disk's
+            raise write_error(directory, exc, "not saved; the checkpoint there before, if any, is unchanged") from exc
         raise
     _swap_into_place(tmp, directory)
     return directory
@@ -227,6 +233,19 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu", *,
     return model, ckpt.config
 
 
+def restore_weights(model: nn.Module, path: str | Path, *, verify: bool = True) -> Checkpoint:
+    """Load a checkpoint's weights into an existing ``model`` (resuming a run), verified like :func:`load_checkpoint`.
+
+    Raises:
+        CheckpointError: no checkpoint, a SHA-256 mismatch (unless ``verify`` is False), or weights that do not fit.
+    """
+    ckpt = read_checkpoint(path)
+    if verify:
+        verify_weights(ckpt)
+    load_weights(model, ckpt.path / MODEL_FILE)
+    return ckpt
+
+
 def load_weights(model: nn.Module, path: Path, map_location: str | torch.device = "cpu") -> None:
     """Load a ``model.safetensors`` into ``model``; every key must fit."""
     try:
@@ -246,6 +265,11 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{ckpt}: has no {STATE_FILE} (a weights-only checkpoint cannot be resumed)")
     try:
         return torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a pickle payload or a corrupt file is refused in one line
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which would run the code the file holds: never.
+        raise CheckpointError(f"{f}: refused: it holds Python objects that only a full unpickling could load, and "
+                              f"that could run code; mammodetr writes training states of tensors and numbers "
+                              f"only, so this file was not written by it") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt file is refused in one line
         raise CheckpointError(f"{f}: not a loadable training state ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:200]})") from None

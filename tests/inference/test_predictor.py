@@ -140,3 +140,22 @@ def test_prepared_round_trip_through_evaluate(synth_dicoms, tmp_path):
             t = ImageTransform.from_dict(im["transform"])
             back += t.invert_boxes_xyxy(preds.by_name[im["file_name"]].boxes_xyxy_px[:n]).tolist()
     np.testing.assert_allclose(sorted(back), orig_all, atol=0.05)
+
+
+def test_scan_inputs_counts_what_is_not_an_image_and_takes_a_file_once(synth_dicoms, tmp_path):
+    import shutil
+
+    from mammodetr.inference.inputs import scan_inputs
+
+    root, _, _ = synth_dicoms
+    folder = tmp_path / "in"
+    folder.mkdir()
+    dicom = sorted((root / "images").glob("*.dcm"))[0]
+    shutil.copy(dicom, folder / "IM0001")  # DICOM without a suffix: an image
+    (folder / "notes.txt").write_text("x")
+    (folder / "README").write_text("not DICOM")
+    shutil.copy(dicom, folder / "b.dcm")
+    scan = scan_inputs([folder, folder / "b.dcm"])
+    assert scan.files == [folder / "IM0001", folder / "b.dcm"]
+    assert scan.skipped == [folder / "README", folder / "notes.txt"]
+    assert collect_inputs([folder]) == scan.files

@@ -55,7 +55,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        # "[Errno 30] Read-only file system: 'runs/x'" -> "runs/x: Read-only file system"
+        text = f"{exc.filename}: {exc.strerror}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    else:
+        text = str(exc)
+    text = " ".join(text.split())
     return text or type(exc).__name__
 
 

@@ -14,6 +14,7 @@ from mammodetr.data.converters import SOURCES, cbis_ddsm, check_images_found, co
 from mammodetr.data.counts import format_count_table
 from mammodetr.data.prepare import prepare_dataset
 from mammodetr.data.preprocess import PrepareOptions
+from mammodetr.outputs import OutputConflictError, check_separate, count_within
 
 
 def _birads_list(text: str) -> tuple[int, ...]:
@@ -46,6 +47,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def _check_out(args: argparse.Namespace, conversion) -> None:
+    """The prepared folder may not be, lie inside or contain an input, nor hold any of the images the table names
+    (their paths are not quoted: they may hold patient identifiers)."""
+    check_separate({"--out": args.out}, {"--input": args.input, "--images-dir": args.images_dir})
+    n = count_within((r.image_path for r in conversion.records), args.out)
+    if n:
+        raise OutputConflictError(f"--out {args.out} holds {n} of the {len(conversion.records)} images to prepare: "
+                                  f"the prepared images would be written beside them; choose an --out outside the "
+                                  f"images")
+
+
 def run(args: argparse.Namespace) -> int:
     options = dataclasses.replace(PrepareOptions(), **given(args, PrepareOptions))
     extra = {"images_dir": args.images_dir} if args.images_dir else {}
@@ -57,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if "layout" in conversion.summary:
         print(conversion.summary["layout"])
     check_images_found(conversion, args.input)
+    _check_out(args, conversion)
     report = prepare_dataset(conversion, args.out, options, workers=args.workers, progress=not args.no_progress)
     print(_summary_line(report, args.out))
     print(format_count_table(report["counts"]))

@@ -64,6 +64,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. model.d_model=128")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from RUN_DIR/checkpoints/last")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out that holds an earlier run: its contents are moved aside to "
+                        "NAME.replaced-<date>-<time> (never deleted) once the data and the model are ready; without "
+                        "--overwrite or --resume an existing, non-empty --out is refused")
+    p.add_argument("--no-verify", action="store_true",
+                   help="with --resume: load weights whose SHA-256 differs from the one recorded (hand-edited weights)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
@@ -103,8 +109,11 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues a run and --overwrite starts it again: pass one of them")
     try:
-        summary = train(cfg, resume=bool(args.resume), progress=not args.no_progress)
+        summary = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, verify=not args.no_verify,
+                        progress=not args.no_progress)
     except NonFiniteLossError as exc:
         print(f"mammodetr train: {exc}", file=sys.stderr)
         return 1

@@ -29,6 +29,7 @@ from .device import autocast, resolve_device
 from .exam import Exam, ExamOptions, ExamResult, aggregate_exam, group_exams, operating_point, read_exam_table
 from .inputs import RawInput, collect_inputs, load_raw_input
 from .predictions import Prediction, PredictionError, PredictionSet
+from .quality import input_warnings
 
 __all__ = ["Predictor", "FileResult"]
 
@@ -151,6 +152,8 @@ class Predictor:
         except Exception as e:  # noqa: BLE001 - a failing batch must not end the run; every file gets the error
             preds = [PredictionError(n, f"model failed: {type(e).__name__}: {e}") for n in names]
         for (path, raw), pred in zip(batch, preds):
+            if isinstance(pred, Prediction):
+                pred.warnings = input_warnings(raw)
             yield FileResult(path, pred, raw)
 
     def predict_files(
