@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mammodetr.data.geometry import ImageTransform
-from mammodetr.data.image import to_uint16
+from mammodetr.data.image import file_problem, to_uint16
 from mammodetr.data.io import read_image, sniff_path
 from mammodetr.data.model_input import InputGeometry, to_model_input
 from mammodetr.data.preprocess import PreparedImage, PrepareOptions, preprocess_pixels
@@ -32,7 +32,7 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     In a folder, a file counts as an image by its suffix, or (without a suffix) by a DICOM marker.
 
     Raises:
-        ValueError: an input does not exist.
+        ValueError: an input does not exist, or is a FIFO, a device or a link loop.
     """
     files: list[Path] = []
     for item in inputs:
@@ -41,10 +41,10 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
             for f in sorted(p.rglob("*")):
                 if f.is_file() and (f.suffix.lower() in IMAGE_SUFFIXES or (not f.suffix and sniff_path(f) == "dicom")):
                     files.append(f)
-        elif p.is_file():
+        elif (problem := file_problem(p, missing="no such file or folder")) is None:
             files.append(p)
-        else:
-            raise ValueError(f"{p}: no such file or folder")
+        else:  # a FIFO or a device is named for what it is, never opened
+            raise ValueError(f"{p}: {problem}")
     return files
 
 
