@@ -135,6 +135,6 @@ def test_assignment_does_not_depend_on_the_id_key():
 
     def rekeyed(key):
         return [{**img, "patient_id": "p_" + str(hash((key, img["patient_id"])) % 10**12),
-                 "source": "s_" + str(hash((key, img["source_digest"])) % 10**12)} for img in images]
+                 "source": "src_" + str(hash((key, img["source_digest"])) % 10**12)} for img in images]
 
     assert assign_splits(rekeyed("key-a"), seed=5)[0] == assign_splits(rekeyed("key-b"), seed=5)[0]

@@ -346,7 +346,11 @@ def test_5_an_interrupted_run_resumes_from_the_state_saved_while_running(raw, tm
         _prepare(raw, out, key)
     monkeypatch.undo()
     assert len(json.loads((out / "prepare_state.json").read_text())["images"]) == 3
+    # what a kill -9 in the middle of an atomic write leaves: removed by the next run
+    (out / "images" / f".{'0' * 20}.png.4242.tmp").write_bytes(b"half a png")
+    (out / ".annotations.json.4242.tmp").write_text("{")
     assert _prepare(raw, out, key)["images_reused_from_earlier_run"] == 3
+    assert not list(out.rglob("*.tmp"))
 
 
 # --- 10: exact duplicate rows are dropped, said and counted ----------------------------------------------------------

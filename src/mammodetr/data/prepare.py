@@ -332,7 +332,7 @@ def _start(conversion: Conversion, out: Path, options: PrepareOptions, emit: Cal
     old_annotations = _load_json(out / ANNOTATIONS_FILE) or {}
     fresh = _check_key(out, state, old_annotations, key, rekey)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    _remove_temp_files(out / "images")
+    _remove_temp_files(out)
     old_images = [img for img in old_annotations.get("images", []) if isinstance(img, dict)]
     run = _Run(
         conversion=conversion, out=out, options=options, emit=emit, key=key, sources=sources,
@@ -361,9 +361,9 @@ def _old_splits(images: list[dict]) -> dict:
     return splits
 
 
-def _remove_temp_files(folder: Path) -> None:
-    """Temporary PNGs a killed run left behind (their names are hidden: ``.<name>.<pid>.tmp``)."""
-    for tmp in folder.glob(".*.png.*.tmp"):
+def _remove_temp_files(out: Path) -> None:
+    """Temporary files a killed run left behind (atomic writes name them ``.<name>.<pid>.tmp``)."""
+    for tmp in [*out.glob(".*.json.*.tmp"), *(out / "images").glob(".*.png.*.tmp")]:
         tmp.unlink(missing_ok=True)
 
 

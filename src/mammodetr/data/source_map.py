@@ -1,14 +1,14 @@
 """The private map from the keyed source hashes a prepared dataset holds back to the files they came from.
 
 Folder and file names of a hospital export often carry a patient id or name, so ``prepare`` writes into the
-dataset only ``s_<hex>``, an HMAC of each source path (relative to the input root) under the id key
+dataset only ``src_<hex>``, an HMAC of each source path (relative to the input root) under the id key
 (:mod:`~mammodetr.data.id_key`). The hash -> path mapping goes to a JSON file OUTSIDE the dataset folder, mode 0600:
 by default ``source-maps/<dataset folder name>-<8 hex>.json`` beside the key file (the 8 hex digits tell two
 datasets of the same name apart), or the file given with ``--source-map``. A re-run adds to the map; entries of
 earlier runs stay. Format::
 
     {"format": 1, "dataset": "/abs/out", "input_root": "/abs/raw", "id_key_fingerprint": "...",
-     "sources": {"s_0123456789abcdef0123": "P123/L_CC.dcm", ...}}
+     "sources": {"src_0123456789abcdef0123": "P123/L_CC.dcm", ...}}
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class SourceMap:
 
     def hide(self, source: str) -> str:
         """The keyed hash written in place of ``source`` (remembered for :meth:`write`)."""
-        h = "s_" + self.key.digest("source", source)[:_HASH_HEX]
+        h = "src_" + self.key.digest("source", source)[:_HASH_HEX]
         self.entries[h] = source
         return h
 

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
-from mammodetr.data.converters.common import clean_text, normalise_laterality, normalise_split
+from mammodetr.data.converters.common import clean_text, normalise_laterality, normalise_split, read_utf8_text
 from mammodetr.data.records import LABELS, BoxRecord, Conversion, ImageRecord, Problem, worst_label
 
 
@@ -63,8 +63,8 @@ def _load(path: Path) -> dict:
     if not path.is_file():
         raise ValueError(f"{path}: COCO JSON not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(read_utf8_text(path, "COCO JSON"))  # JSON is UTF-8 (RFC 8259): anything else is one line
+    except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{path}: no 'images' list; not a COCO annotation file")
