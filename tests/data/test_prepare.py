@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,11 @@ from mammodetr.data.records import Conversion, ImageRecord
 H, W = 120, 90
 FIELDS = ["image_path", "patient_id", "label", "laterality", "view", "study_id", "x1", "y1", "x2", "y2",
           "lesion_label"]
+
+
+def source_paths(report: dict) -> dict[str, str]:
+    """Keyed source hash -> source path, from the private source map the report names."""
+    return json.loads(Path(report["source_map"]).read_text())["sources"]
 
 
 def _breast_png(path, lesion=(20, 50, 32, 62), side="L"):
@@ -93,6 +99,9 @@ def test_prepare_end_to_end_with_bad_input(csv_dataset, tmp_path):
     assert all("MRN" not in p.name for p in (out / "images").iterdir())
     assert len({img["patient_id"] for img in ann["images"]}) == 3
 
+    sources = source_paths(report)
+    assert sorted(sources[img["source"]] for img in ann["images"]) == [f"img/{i}.png" for i in range(6)]
+    mapped_box_checked = False
     for img in ann["images"]:
         png = Image.open(out / img["file_name"])
         assert png.mode.startswith("I;16") and png.size == (img["width"], img["height"])
@@ -100,12 +109,12 @@ def test_prepare_end_to_end_with_bad_input(csv_dataset, tmp_path):
         t = ImageTransform.from_dict(img["transform"])
         assert t.output_size_hw == (img["height"], img["width"]) and t.flipped  # breast moved to the right
         boxes = [a for a in ann["annotations"] if a["image_id"] == img["id"]]
-        if img["source"] == "img/0.png" or img["label"] == "normal":
+        if sources[img["source"]] == "img/0.png" or img["label"] == "normal":
             assert boxes == []
         for a in boxes:
             x, y, w, h = a["bbox"]
             assert 0 <= x and 0 <= y and x + w <= img["width"] + 1e-6 and y + h <= img["height"] + 1e-6
-        if img["source"] == "img/4.png":  # benign, one box: the bbox is the transformed original box
+        if sources[img["source"]] == "img/4.png":  # benign, one box: the bbox is the transformed original box
             expected = t.apply_boxes_xyxy([[20, 50, 32, 62]])[0]
             x, y, w, h = boxes[0]["bbox"]
             np.testing.assert_allclose([x, y, x + w, y + h], expected, atol=1e-3)
@@ -113,6 +122,8 @@ def test_prepare_end_to_end_with_bad_input(csv_dataset, tmp_path):
             pixels = np.asarray(png, dtype=np.float64) / 65535
             ys, xs = np.nonzero(pixels > 0.8)
             np.testing.assert_allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], expected, atol=1.5)
+            mapped_box_checked = True
+    assert mapped_box_checked
 
 
 def test_rerun_skips_prepared_images_and_keeps_split(csv_dataset, tmp_path):
@@ -210,18 +221,18 @@ def test_records_with_no_usable_image_prepare_nothing(tmp_path):
 
 def _crash_on_2(job):
     """Stand-in worker that kills its process on one file, as a crashing decoder would."""
-    from mammodetr.data import prepare as prepare_module
+    from mammodetr.data import prepare_jobs
 
     if job.source.endswith("2.png"):
         os._exit(3)
-    return prepare_module._original_prepare_one(job)
+    return prepare_jobs._original_prepare_one(job)
 
 
 def test_a_dying_worker_loses_only_its_file(csv_dataset, tmp_path, monkeypatch):
-    from mammodetr.data import prepare as prepare_module
+    from mammodetr.data import prepare_jobs
 
-    monkeypatch.setattr(prepare_module, "_original_prepare_one", prepare_module._prepare_one, raising=False)
-    monkeypatch.setattr(prepare_module, "_prepare_one", _crash_on_2)
+    monkeypatch.setattr(prepare_jobs, "_original_prepare_one", prepare_jobs.prepare_one, raising=False)
+    monkeypatch.setattr(prepare_jobs, "prepare_one", _crash_on_2)
     lines = []
     report = prepare_dataset(convert("csv", csv_dataset), tmp_path / "out", PrepareOptions(max_side=60),
                              workers=2, progress=False, log=lines.append)

@@ -119,8 +119,22 @@ def test_split_dataset_writes_annotations(tmp_path):
 
 
 def test_assignment_does_not_depend_on_the_salted_ids():
+    """Datasets of older versions: ``source`` is the path, the ids salted hashes."""
     images = _images()
     for i, img in enumerate(images):
         img["source"] = f"raw/{img['patient_id']}_{i}.dcm"
     resalted = [{**img, "patient_id": "p_" + str(hash(("new-salt", img["patient_id"])) % 10**12)} for img in images]
     assert assign_splits(images, seed=5)[0] == assign_splits(resalted, seed=5)[0]
+
+
+def test_assignment_does_not_depend_on_the_id_key():
+    """Ids and sources are keyed hashes: another key changes both, the source files' digests stay."""
+    images = _images()
+    for i, img in enumerate(images):
+        img["source_digest"] = f"{hash(('file', img['patient_id'], i)) % 10**16:016x}"
+
+    def rekeyed(key):
+        return [{**img, "patient_id": "p_" + str(hash((key, img["patient_id"])) % 10**12),
+                 "source": "src_" + str(hash((key, img["source_digest"])) % 10**12)} for img in images]
+
+    assert assign_splits(rekeyed("key-a"), seed=5)[0] == assign_splits(rekeyed("key-b"), seed=5)[0]

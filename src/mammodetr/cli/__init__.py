@@ -6,7 +6,7 @@ command that needs it.
 
 Errors: a user error (a bad path or value, an unreadable input: ``ValueError``/``OSError``) is one line on
 stderr and exit code 2; anything else is an internal failure, one line and exit code 1. ``--debug`` adds the
-traceback to either.
+traceback to either, and turns on mammodetr's DEBUG log lines (such as a decoder's own report on a corrupt file).
 """
 
 from __future__ import annotations
@@ -64,9 +64,11 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _setup_logging(command: str) -> None:
+def _setup_logging(command: str, debug: bool = False) -> None:
     fmt = "%(asctime)s %(levelname)s %(message)s" if command in ("train", "demo") else "%(levelname)s %(message)s"
     logging.basicConfig(level=logging.INFO if command in _CHATTY else logging.WARNING, format=fmt, stream=sys.stderr)
+    if debug:  # our own details (e.g. a decoder's log lines and tracebacks for a corrupt file), not every library's
+        logging.getLogger("mammodetr").setLevel(logging.DEBUG)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_help()
         return 2
     debug = getattr(args, "debug", False)
-    _setup_logging(args.command)
+    _setup_logging(args.command, debug)
     try:
         return int(_module(args.command).run(args) or 0)
     except KeyboardInterrupt:

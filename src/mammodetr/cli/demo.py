@@ -65,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
             "--seed", str(args.seed), *quiet]) != 0:
         return 1
     step("2/5 prepare: read DICOM, crop to the breast, write 16-bit PNGs + COCO annotations")
+    # Synthetic patients: the demo keeps its own id key beside the dataset instead of making one in ~/.config.
     if cli(["prepare", "--source", "csv", "--input", str(raw / "table.csv"), "--out", str(data),
-            "--max-side", "512"]) != 0:
+            "--max-side", "512", "--id-key", str(out / "id.key")]) != 0:
         return 1
     step("3/5 patient-level split")
     if cli(["split", "--data", str(data), "--seed", str(args.seed)]) != 0:

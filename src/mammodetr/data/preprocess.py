@@ -43,7 +43,7 @@ class PrepareOptions:
         max_side: cap on the long side of the prepared image (downscaled, never upscaled); None keeps the size.
         resize_filter: Pillow filter for the downscale ("lanczos", "bicubic", "bilinear", "box", ...).
         allow_for_processing: accept DICOM "FOR PROCESSING" images (refused by default).
-        frame: frame (DICOM) or page (TIFF) to take from a multi-frame file; None refuses multi-frame files.
+        frame: frame (TIFF: page) of multi-frame files, from 0; single-frame files ignore it; None refuses them.
         max_pixels: refuse images with more decoded pixels than this.
     """
 
@@ -54,8 +54,8 @@ class PrepareOptions:
     max_side: Optional[int] = 2048
     resize_filter: str = "bicubic"
     allow_for_processing: bool = False
-    frame: Optional[int] = None
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    frame: Optional[int] = field(default=None, metadata={"min": 0})
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"min": 1})
 
     def __post_init__(self) -> None:
         flip = self.flip_to
@@ -70,6 +70,10 @@ class PrepareOptions:
             raise ValueError(f"max_side must be at least 8, got {self.max_side}")
         if not 0.0 <= float(self.crop_margin) < 0.5:
             raise ValueError(f"crop_margin must be in [0, 0.5), got {self.crop_margin}")
+        if self.frame is not None and int(self.frame) < 0:
+            raise ValueError(f"frame must be a non-negative frame number, got {self.frame}")
+        if int(self.max_pixels) < 1:
+            raise ValueError(f"max_pixels must be at least 1, got {self.max_pixels}")
 
     def to_dict(self) -> dict:
         return asdict(self)

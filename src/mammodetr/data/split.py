@@ -109,10 +109,11 @@ def assign_splits(images: Sequence[dict], fractions: Sequence[float] = (0.7, 0.1
 
     assignment: dict[str, str] = {}
     free: list[str] = []
-    # Patients ordered by their source files, not by id: ids are salted hashes, and the split must neither
-    # change when the same source is prepared again with a new salt nor depend on the order of the records.
+    # Patients ordered by their source files' digests, not by id: ids are keyed hashes, and the split must neither
+    # change when the same source is prepared under another id key nor depend on the order of the records.
+    # (Datasets of older versions have no digest; their ``source`` was the path.)
     def source_key(pid: str) -> tuple[str, str]:
-        return min(str(img.get("source") or "") for img in by_patient[pid]), pid
+        return min(str(img.get("source_digest") or img.get("source") or "") for img in by_patient[pid]), pid
 
     for pid in sorted(by_patient, key=source_key):
         s = official[pid]

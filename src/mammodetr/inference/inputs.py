@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mammodetr.data.geometry import ImageTransform
-from mammodetr.data.image import to_uint16
+from mammodetr.data.image import file_problem, to_uint16
 from mammodetr.data.io import read_image, sniff_path
 from mammodetr.data.model_input import InputGeometry, to_model_input
 from mammodetr.data.preprocess import PreparedImage, PrepareOptions, preprocess_pixels
@@ -47,7 +47,7 @@ def scan_inputs(inputs: Iterable[str | Path]) -> InputScan:
     by name is always taken (it gets an error line if it cannot be read). A file reached twice is taken once.
 
     Raises:
-        ValueError: an input does not exist.
+        ValueError: an input does not exist, or is a FIFO, a device or a link loop.
     """
     files: list[Path] = []
     skipped: list[Path] = []
@@ -62,10 +62,10 @@ def scan_inputs(inputs: Iterable[str | Path]) -> InputScan:
                     _add(files, seen, f)
                 else:
                     skipped.append(f)
-        elif p.is_file():
+        elif (problem := file_problem(p, missing="no such file or folder")) is None:
             _add(files, seen, p)
-        else:
-            raise ValueError(f"{p}: no such file or folder")
+        else:  # a FIFO or a device is named for what it is, never opened
+            raise ValueError(f"{p}: {problem}")
     return InputScan(files, skipped)
 
 
