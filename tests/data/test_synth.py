@@ -157,3 +157,43 @@ def test_bad_arguments(tmp_path):
         generate_dataset(tmp_path, n_patients=1, fmt="jpg")
     with pytest.raises(ValueError, match="jpeg2000"):
         generate_dataset(tmp_path, n_patients=1, fmt="png", jpeg2000=True)
+
+
+@pytest.mark.parametrize("marker", ["letter", "square"])
+@pytest.mark.parametrize("laterality", ["L", "R"])
+def test_artefacts_lie_away_from_the_breast_and_leave_it_alone(marker, laterality):
+    args = dict(view="MLO", laterality=laterality, density=0.5)
+    plain = render_mammogram(np.random.default_rng(4), (256, 208), options=SynthOptions(
+        film_edge=0.0, label_block=0.0, marker="none"), **args)
+    img = render_mammogram(np.random.default_rng(4), (256, 208), options=SynthOptions(
+        film_edge=1.0, label_block=1.0, marker=marker), **args)
+    assert img.artefacts == {"film_edge": True, "label_block": True, "marker": marker}
+    art = img.artefact_mask
+    assert not (art & img.breast_mask).any()
+    np.testing.assert_array_equal(img.pixels[~art], plain.pixels[~art])  # the breast does not depend on them
+    assert not plain.artefact_mask.any() and plain.artefacts["marker"] == "none"
+    assert img.pixels.max() == 1.0  # the marker pins the maximum
+    far = slice(104, 208) if laterality == "L" else slice(0, 104)
+    assert art[:, far].sum() == art.sum()  # all on the side away from the chest wall
+    edge_col = 207 if laterality == "L" else 0
+    assert art[:, edge_col].all() and (img.pixels[:, edge_col] > 0.4).all()  # the film edge runs the full height
+    # The label block holds letters: dark strokes inside a bright block, in the lower half.
+    rows = np.flatnonzero(art[128:, far].any(axis=1))
+    block = img.pixels[128:][rows][:, far][art[128:][rows][:, far]]
+    assert (block > 0.7).mean() > 0.5 and (block < 0.2).sum() >= 10
+
+
+def test_artefact_bias_ties_artefacts_to_malignant_patients(tmp_path):
+    opts = SynthOptions(film_edge=0.5, label_block=0.5, artefact_bias=1.0)
+    generate_dataset(tmp_path, n_patients=8, image_size=(128, 104), seed=5, options=opts, progress=False)
+    manifest = json.loads((tmp_path / "synth_manifest.json").read_text())["images"]
+    table = read_table(tmp_path / "table.csv")
+    malignant_patients = {r["patient_id"] for r in table if r["label"] == "malignant"}
+    by_path = {r["image_path"]: r["patient_id"] in malignant_patients for r in table}
+    assert 0 < sum(by_path.values()) < len(by_path)
+    for entry in manifest:
+        malignant = by_path[entry["image_path"]]
+        assert entry["artefacts"]["film_edge"] is malignant
+        assert entry["artefacts"]["label_block"] is malignant or not entry["artefacts"]["label_block"]
+    with pytest.raises(ValueError, match="artefact_bias"):
+        generate_dataset(tmp_path / "x", n_patients=1, options=SynthOptions(artefact_bias=2.0), progress=False)

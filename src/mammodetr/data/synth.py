@@ -9,9 +9,14 @@ Ingredients: a breast outline (half-ellipse on CC; on MLO a drooping outline wit
 pectoral-muscle triangle in the upper chest-wall corner), a thickness fall-off toward the skin line,
 fibroglandular tissue from power-law (1/f^beta) noise whose amount follows the patient's density, and
 lesions: benign round/oval circumscribed masses; malignant spiculated irregular masses or clustered
-calcifications. A bright lead marker sits in the upper corner opposite the chest wall (it also pins the
-image's maximum at 1, so min-max normalisation of unwindowed DICOMs is the identity). Ground-truth boxes are
-the bounding boxes of each lesion's rendered mask. Everything is deterministic given the seed.
+calcifications. A bright lead marker (the laterality letter) sits in the upper corner opposite the chest wall
+(it also pins the image's maximum at 1, so min-max normalisation of unwindowed DICOMs is the identity).
+
+Film artefacts, the shortcuts a model can learn instead of the breast: a bright film-edge band along the border
+away from the chest wall, and a burnt-in label block (a bright block with dark letters: the view and a site
+code, never an identifier) in the lower corner away from the chest wall. Each appears with its own chance per
+image; ``artefact_bias`` ties them to malignant patients. Ground-truth boxes are the bounding boxes of each
+lesion's rendered mask. Everything is deterministic given the seed.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -63,6 +68,10 @@ class SynthOptions:
         noise: Standard deviation of the per-pixel noise inside the breast.
         work_size: Long side of the grid on which outline and texture are computed.
         variants: DICOM encodings to draw from (see DICOM_VARIANTS).
+        film_edge: Chance that an image has a film edge: a bright band along the border away from the chest wall.
+        label_block: Chance of a burnt-in film label (bright block, dark letters) in a corner away from the breast.
+        marker: Lead marker in the upper corner away from the chest wall: the laterality letter, a square or none.
+        artefact_bias: 0..1, how much film edges and labels favour malignant patients (0: a shortcut-free task).
     """
 
     p_normal: float = 0.4
@@ -78,6 +87,21 @@ class SynthOptions:
     noise: float = 0.012
     work_size: int = 512
     variants: tuple[str, ...] = DICOM_VARIANTS
+    film_edge: float = 0.5
+    label_block: float = 0.5
+    marker: Literal["letter", "square", "none"] = "letter"
+    artefact_bias: float = 0.0
+
+
+def artefact_chances(options: SynthOptions, malignant: bool) -> tuple[float, float]:
+    """Chances of a film edge and of a label block on one image of a malignant (or other) patient.
+
+    With ``artefact_bias`` b, a chance p becomes ``p + (1 - p) * b`` for malignant patients and ``p * (1 - b)``
+    for the others: b = 0 leaves p, b = 1 puts the artefact on every malignant patient's image and on no other.
+    """
+    b = float(options.artefact_bias)
+    return tuple(p + (1 - p) * b if malignant else p * (1 - b)  # type: ignore[return-value]
+                 for p in (float(options.film_edge), float(options.label_block)))
 
 
 @dataclass(frozen=True)
@@ -115,6 +139,8 @@ class SynthImage:
         lesion_labels: ``benign``/``malignant`` per box.
         lesion_kinds: Lesion kind per box.
         breast_mask: ``bool (H, W)`` breast region (including pectoral muscle).
+        artefact_mask: ``bool (H, W)`` film edge, label block and marker pixels (never overlapping the breast).
+        artefacts: Which artefacts were drawn (``film_edge``, ``label_block``: bool; ``marker``: its kind).
     """
 
     pixels: np.ndarray
@@ -122,6 +148,8 @@ class SynthImage:
     lesion_labels: list[str] = field(default_factory=list)
     lesion_kinds: list[str] = field(default_factory=list)
     breast_mask: np.ndarray | None = None
+    artefact_mask: np.ndarray | None = None
+    artefacts: dict = field(default_factory=dict)
 
 
 def powerlaw_noise(rng: np.random.Generator, shape: tuple[int, int], beta: float) -> np.ndarray:
@@ -281,6 +309,7 @@ def render_mammogram(
     density: float,
     lesions: Sequence[LesionSpec] = (),
     options: SynthOptions = SynthOptions(),
+    artefact_odds: tuple[float, float] | None = None,
 ) -> SynthImage:
     """Render one view.
 
@@ -292,6 +321,9 @@ def render_mammogram(
         density: 0 (fatty) .. 1 (extremely dense).
         lesions: Lesions to draw.
         options: Generator options.
+        artefact_odds: Chances of a film edge and of a label block (default: ``options.film_edge`` and
+            ``options.label_block``; see :func:`artefact_chances`). They are drawn from a stream of their own,
+            so the breast and its lesions do not depend on them.
 
     Returns:
         SynthImage with ``pixels float32 (H, W)`` in ``[0, 1]`` and exact lesion boxes.
@@ -317,12 +349,92 @@ def render_mammogram(
         inside_full = np.ascontiguousarray(inside_full[:, ::-1])
         if len(boxes_arr):
             boxes_arr = np.stack([W - boxes_arr[:, 2], boxes_arr[:, 1], W - boxes_arr[:, 0], boxes_arr[:, 3]], axis=1)
-    # Lead marker in the upper corner away from the chest wall.
+    odds = artefact_odds if artefact_odds is not None else (options.film_edge, options.label_block)
+    artefact_mask, drawn = _draw_artefacts(pixels, inside_full, laterality, view, _artefact_stream(rng), odds,
+                                           options.marker)
+    return SynthImage(pixels, boxes_arr, labels, kinds, inside_full, artefact_mask, drawn)
+
+
+def _artefact_stream(rng: np.random.Generator) -> np.random.Generator:
+    """A generator for the artefacts that leaves ``rng`` where it is (a jumped copy of its stream)."""
+    jumped = getattr(rng.bit_generator, "jumped", None)
+    return np.random.Generator(jumped()) if jumped is not None else np.random.default_rng(rng.integers(2**63))
+
+
+def _glyphs(text: str) -> np.ndarray:
+    """``bool (h, w)`` pixels of ``text`` in Pillow's built-in bitmap font (the same on every platform)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = getattr(ImageFont, "load_default_imagefont", ImageFont.load_default)()
+    x0, y0, x1, y1 = font.getbbox(text)
+    canvas = Image.new("L", (x1 - x0 + 2, y1 - y0 + 2), 0)
+    ImageDraw.Draw(canvas).text((1 - x0, 1 - y0), text, fill=255, font=font)
+    return np.array(canvas) > 127
+
+
+def _scaled(glyphs: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a boolean picture."""
+    h, w = size_hw
+    rows = np.minimum((np.arange(h) * glyphs.shape[0]) // h, glyphs.shape[0] - 1)
+    cols = np.minimum((np.arange(w) * glyphs.shape[1]) // w, glyphs.shape[1] - 1)
+    return glyphs[rows][:, cols]
+
+
+def _draw_artefacts(pixels: np.ndarray, breast: np.ndarray, laterality: str, view: str, rng: np.random.Generator,
+                    odds: tuple[float, float], marker: str) -> tuple[np.ndarray, dict]:
+    """Film edge, marker and label block on the side away from the chest wall (in place).
+
+    Returns:
+        ``(artefact mask bool (H, W), what was drawn)``.
+    """
+    H, W = pixels.shape
+    art = np.zeros((H, W), bool)
+    far_right = laterality == "L"  # the chest wall is on the left, so the free border is the right one
+
+    def columns(inset: int, width: int) -> slice:
+        return slice(W - inset - width, W - inset) if far_right else slice(inset, inset + width)
+
+    has_edge, has_label = bool(rng.uniform() < odds[0]), bool(rng.uniform() < odds[1])
+    inset = 0
+    if has_edge:
+        inset = max(2, int(round(W * rng.uniform(0.015, 0.04))))
+        band = np.float32(rng.uniform(0.86, 0.94)) + rng.normal(0, 0.008, (H, inset)).astype(np.float32)
+        edge = 0 if far_right else inset - 1
+        band[:, edge] *= 0.5  # a soft inner edge, as a film edge scanned slightly out of focus
+        pixels[:, columns(0, inset)] = np.clip(band, 0.0, 0.97)
+        art[:, columns(0, inset)] = True
     s = max(3, int(round(0.035 * min(H, W))))
     pad = max(1, s // 2)
-    xs = slice(W - pad - s, W - pad) if laterality == "L" else slice(pad, pad + s)
-    pixels[pad : pad + s, xs] = 1.0
-    return SynthImage(pixels, boxes_arr, labels, kinds, inside_full)
+    if marker != "none":
+        shape = np.ones((s, s), bool) if marker == "square" else _scaled(_glyphs(laterality), (s, s))
+        shape[s // 2, s // 2] = True  # at least one pixel at 1, whatever the scaling left of the letter
+        block = pixels[pad : pad + s, columns(inset + pad, s)]
+        block[shape] = 1.0
+        art[pad : pad + s, columns(inset + pad, s)] |= shape
+    if has_label:
+        has_label = _draw_label(pixels, art, breast, rng, f"{laterality} {view}", columns, inset + pad)
+    return art, {"film_edge": has_edge, "label_block": has_label, "marker": marker}
+
+
+def _draw_label(pixels: np.ndarray, art: np.ndarray, breast: np.ndarray, rng: np.random.Generator, text: str,
+                columns, inset: int) -> bool:
+    """A burnt-in label block in the lower free corner, unless the breast is within reach; returns whether drawn."""
+    H, W = pixels.shape
+    lh, lw = max(4, int(round(H * rng.uniform(0.05, 0.08)))), max(8, int(round(W * rng.uniform(0.16, 0.24))))
+    y1 = H - inset - int(round(H * rng.uniform(0.0, 0.04)))
+    rows, cols = slice(max(0, y1 - lh), y1), columns(inset, lw)
+    reach = max(2, int(round(0.02 * max(H, W))))
+    near = breast[max(0, rows.start - reach) : rows.stop + reach,
+                  max(0, cols.start - reach) : cols.stop + reach]
+    if near.any() or rows.stop - rows.start < 4 or cols.start < 0:
+        return False
+    site = f"SITE {chr(ord('A') + int(rng.integers(26)))}{int(rng.integers(10))}"
+    letters = _scaled(_glyphs(f"{text} {site}"), (rows.stop - rows.start - 2, cols.stop - cols.start - 2))
+    block = np.full((rows.stop - rows.start, cols.stop - cols.start), np.float32(rng.uniform(0.78, 0.9)))
+    block[1:-1, 1:-1][letters] = np.float32(0.12)
+    pixels[rows, cols] = block
+    art[rows, cols] = True
+    return True
 
 
 def _anatomy(rng: np.random.Generator, ol: _Outline, shape_hw: tuple[int, int], density: float
@@ -581,6 +693,11 @@ def _check_generate_args(n_patients: int, fmt: str, jpeg2000: bool, views: Seque
         raise ValueError(f"views must be CC and/or MLO, got {list(views)}")
     if not 0 <= options.p_normal + options.p_benign <= 1:
         raise ValueError("p_normal + p_benign must lie in [0, 1]")
+    for name in ("film_edge", "label_block", "artefact_bias"):
+        if not 0 <= getattr(options, name) <= 1:
+            raise ValueError(f"{name} must lie in [0, 1], got {getattr(options, name)}")
+    if options.marker not in ("letter", "square", "none"):
+        raise ValueError(f"marker must be letter, square or none, got {options.marker!r}")
 
 
 @dataclass
@@ -613,16 +730,18 @@ class _DatasetWriter:
         """Both breasts of patient ``p`` (0-based), each in ``views``."""
         rng = np.random.default_rng([self.seed, p])
         label, lesion_side, lesions, density = _patient_plan(rng, self.options)
+        odds = artefact_chances(self.options, label == "malignant")
         for lat in ("R", "L"):
             breast_density = float(np.clip(density + rng.uniform(-0.05, 0.05), 0, 1))
             for vw in views:
-                self._add_image(p, lat, vw, breast_density, lesions if lat == lesion_side else [])
+                self._add_image(p, lat, vw, breast_density, lesions if lat == lesion_side else [], odds)
 
-    def _add_image(self, p: int, lat: str, vw: str, density: float, lesions: list[LesionSpec]) -> None:
+    def _add_image(self, p: int, lat: str, vw: str, density: float, lesions: list[LesionSpec],
+                   odds: tuple[float, float]) -> None:
         self.n_images += 1
         img_rng = np.random.default_rng([self.seed, p, 0 if lat == "R" else 1, 0 if vw == "CC" else 1])
         img = render_mammogram(img_rng, self.image_size, view=vw, laterality=lat, density=density,
-                               lesions=lesions, options=self.options)
+                               lesions=lesions, options=self.options, artefact_odds=odds)
         rel = f"images/{self.n_images:06d}{'.dcm' if self.fmt == 'dicom' else '.png'}"
         values = to_uint16(img.pixels)
         variant = None
@@ -644,4 +763,4 @@ class _DatasetWriter:
             self.rows.append({**base, "x1": box[0], "y1": box[1], "x2": box[2], "y2": box[3], "lesion_label": ll})
         self.manifest.append({"image_path": rel, "label": img_label, "variant": variant,
                               "density": round(density, 3), "lesion_kinds": img.lesion_kinds,
-                              "boxes_xyxy_px": img.boxes_xyxy_px.tolist()})
+                              "boxes_xyxy_px": img.boxes_xyxy_px.tolist(), "artefacts": img.artefacts})
