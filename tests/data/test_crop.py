@@ -152,6 +152,16 @@ def test_film_edges_touching_the_breast_are_cut_off(size):
     assert (region.mask & band).any(axis=1).sum() <= 2 * (factor - 1)
 
 
+@pytest.mark.parametrize("side", ["L", "R"])
+def test_flat_tissue_against_the_chest_wall_is_no_film_edge(side):
+    """A bright, flat run along a side that goes on past a film edge's width is tissue reaching the border: kept."""
+    img = np.zeros((96, 80), np.float32)
+    img[2:94, :60] = 0.46  # a uniform "breast" against the left edge (as real-format fixtures draw them)
+    img = img if side == "L" else img[:, ::-1].copy()
+    region = breast_region(img)
+    assert region.film_edges == () and region.mask[img > 0].all()
+
+
 def test_no_film_edge_without_one():
     for seed in range(4):
         for view in ("CC", "MLO"):
@@ -181,7 +191,8 @@ def test_faint_skin_line_and_fatty_holes_are_kept():
 @pytest.mark.parametrize(("image", "words"), [
     (np.zeros((64, 48), np.float32), "constant"),
     (np.pad(np.ones((6, 6), np.float32), ((30, 28), (20, 22))), "only"),
-    (np.pad(np.full((128, 127), 0.8, np.float32), ((0, 0), (1, 0))), "nothing"),  # every side a flat band
+    # Bright and flat up to every side, but no strip: not a film edge (never cut), and no background either.
+    (np.pad(np.full((128, 127), 0.8, np.float32), ((0, 0), (1, 0))), "no background found"),
     (np.kron(np.indices((4, 4)).sum(0) % 2, np.ones((16, 12))).astype(np.float32), "fragmented"),
 ])
 def test_region_gives_the_reason_when_there_is_no_breast(image, words):

@@ -13,9 +13,10 @@ calcifications. A bright lead marker (the laterality letter) sits in the upper c
 (it also pins the image's maximum at 1, so min-max normalisation of unwindowed DICOMs is the identity).
 
 Film artefacts, the shortcuts a model can learn instead of the breast: a bright film-edge band along the border
-away from the chest wall, and a burnt-in label block (a bright block with dark letters: the view and a site
-code, never an identifier) in the lower corner away from the chest wall. Each appears with its own chance per
-image; ``artefact_bias`` ties them to malignant patients. Ground-truth boxes are the bounding boxes of each
+away from the chest wall or along the top or bottom one (where it may cross the breast, never a lesion), and a
+burnt-in label block (a bright block with dark letters: the view and a site code, never an identifier) low in the
+free part of the image, between the breast and the border. Each appears with its own chance per image;
+``artefact_bias`` ties them to malignant patients. Ground-truth boxes are the bounding boxes of each
 lesion's rendered mask. Everything is deterministic given the seed.
 """
 
@@ -37,6 +38,8 @@ from mammodetr.data.png16 import write_png16
 
 LABELS = ("normal", "benign", "malignant")
 DICOM_VARIANTS = ("mono2", "mono1", "window", "mono1_window", "sigmoid")
+FILM_EDGE_SIDES = ("far", "top", "bottom")
+_SIDE_WEIGHT = {"far": 2.0, "top": 1.0, "bottom": 1.0}
 TABLE_COLUMNS = (
     "image_path", "patient_id", "label", "laterality", "view", "study_id", "x1", "y1", "x2", "y2", "lesion_label"
 )
@@ -68,8 +71,9 @@ class SynthOptions:
         noise: Standard deviation of the per-pixel noise inside the breast.
         work_size: Long side of the grid on which outline and texture are computed.
         variants: DICOM encodings to draw from (see DICOM_VARIANTS).
-        film_edge: Chance that an image has a film edge: a bright band along the border away from the chest wall.
-        label_block: Chance of a burnt-in film label (bright block, dark letters) in a corner away from the breast.
+        film_edge: Chance of a film edge: a bright band along the top, bottom or non-chest-wall border.
+        film_edge_sides: Borders a film edge may run along: far (from the chest wall; 2x as likely), top, bottom.
+        label_block: Chance of a burnt-in film label (bright block, dark letters) low beside the breast.
         marker: Lead marker in the upper corner away from the chest wall: the laterality letter, a square or none.
         artefact_bias: 0..1, how much film edges and labels favour malignant patients (0: a shortcut-free task).
     """
@@ -88,6 +92,7 @@ class SynthOptions:
     work_size: int = 512
     variants: tuple[str, ...] = DICOM_VARIANTS
     film_edge: float = 0.5
+    film_edge_sides: tuple[str, ...] = FILM_EDGE_SIDES
     label_block: float = 0.5
     marker: Literal["letter", "square", "none"] = "letter"
     artefact_bias: float = 0.0
@@ -138,9 +143,10 @@ class SynthImage:
         boxes_xyxy_px: ``int (N, 4)`` lesion boxes, pixel corners (x2 = last column + 1).
         lesion_labels: ``benign``/``malignant`` per box.
         lesion_kinds: Lesion kind per box.
-        breast_mask: ``bool (H, W)`` breast region (including pectoral muscle).
+        breast_mask: ``bool (H, W)`` breast region (including pectoral muscle) where no film edge covers it.
         artefact_mask: ``bool (H, W)`` film edge, label block and marker pixels (never overlapping the breast).
-        artefacts: Which artefacts were drawn (``film_edge``, ``label_block``: bool; ``marker``: its kind).
+        artefacts: Which artefacts were drawn (``film_edge``, ``label_block``: bool; ``film_edge_side``: "far"
+            (the border away from the chest wall), "top", "bottom" or None; ``marker``: its kind).
     """
 
     pixels: np.ndarray
@@ -351,7 +357,8 @@ def render_mammogram(
             boxes_arr = np.stack([W - boxes_arr[:, 2], boxes_arr[:, 1], W - boxes_arr[:, 0], boxes_arr[:, 3]], axis=1)
     odds = artefact_odds if artefact_odds is not None else (options.film_edge, options.label_block)
     artefact_mask, drawn = _draw_artefacts(pixels, inside_full, laterality, view, _artefact_stream(rng), odds,
-                                           options.marker)
+                                           options, boxes_arr)
+    inside_full &= ~artefact_mask  # a film edge along the top or bottom may cover the breast's end
     return SynthImage(pixels, boxes_arr, labels, kinds, inside_full, artefact_mask, drawn)
 
 
@@ -380,9 +387,40 @@ def _scaled(glyphs: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return glyphs[rows][:, cols]
 
 
+def _film_edge(pixels: np.ndarray, art: np.ndarray, rng: np.random.Generator, side: str, far_right: bool) -> int:
+    """A bright film-edge band along one border (in place); returns its width in pixels."""
+    def lines(a: np.ndarray) -> np.ndarray:  # a view whose first rows are the lines along the border
+        if side == "top":
+            return a
+        if side == "bottom":
+            return a[::-1]
+        return a.T[::-1] if far_right else a.T
+
+    target = lines(pixels)
+    width = max(2, int(round(target.shape[0] * rng.uniform(0.015, 0.04))))
+    band = np.float32(rng.uniform(0.86, 0.94)) + rng.normal(0, 0.008, (width, target.shape[1])).astype(np.float32)
+    band[-1] *= 0.5  # a soft inner edge, as a film edge scanned slightly out of focus
+    target[:width] = np.clip(band, 0.0, 0.97)
+    lines(art)[:width] = True
+    return width
+
+
+def _edge_side(rng: np.random.Generator, sides: Sequence[str], boxes: np.ndarray, H: int) -> str:
+    """The border a film edge runs along; a top or bottom band that could reach a lesion's box goes to the far
+    border instead (a ground-truth box never holds band pixels)."""
+    weights = np.array([_SIDE_WEIGHT[s] for s in sides])
+    side = sides[int(rng.choice(len(sides), p=weights / weights.sum()))]
+    widest = int(round(H * 0.04)) + 1  # _film_edge's widest band
+    if side == "top" and len(boxes) and int(boxes[:, 1].min()) < widest:
+        return "far"
+    if side == "bottom" and len(boxes) and int(boxes[:, 3].max()) > H - widest:
+        return "far"
+    return side
+
+
 def _draw_artefacts(pixels: np.ndarray, breast: np.ndarray, laterality: str, view: str, rng: np.random.Generator,
-                    odds: tuple[float, float], marker: str) -> tuple[np.ndarray, dict]:
-    """Film edge, marker and label block on the side away from the chest wall (in place).
+                    odds: tuple[float, float], options: SynthOptions, boxes: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Film edge (the border away from the chest wall, or the top or bottom one), marker and label (in place).
 
     Returns:
         ``(artefact mask bool (H, W), what was drawn)``.
@@ -390,47 +428,49 @@ def _draw_artefacts(pixels: np.ndarray, breast: np.ndarray, laterality: str, vie
     H, W = pixels.shape
     art = np.zeros((H, W), bool)
     far_right = laterality == "L"  # the chest wall is on the left, so the free border is the right one
-
-    def columns(inset: int, width: int) -> slice:
-        return slice(W - inset - width, W - inset) if far_right else slice(inset, inset + width)
-
     has_edge, has_label = bool(rng.uniform() < odds[0]), bool(rng.uniform() < odds[1])
-    inset = 0
+    inset = {"far": 0, "top": 0, "bottom": 0}
+    edge_side = None
     if has_edge:
-        inset = max(2, int(round(W * rng.uniform(0.015, 0.04))))
-        band = np.float32(rng.uniform(0.86, 0.94)) + rng.normal(0, 0.008, (H, inset)).astype(np.float32)
-        edge = 0 if far_right else inset - 1
-        band[:, edge] *= 0.5  # a soft inner edge, as a film edge scanned slightly out of focus
-        pixels[:, columns(0, inset)] = np.clip(band, 0.0, 0.97)
-        art[:, columns(0, inset)] = True
+        edge_side = _edge_side(rng, options.film_edge_sides, boxes, H)
+        inset[edge_side] = _film_edge(pixels, art, rng, edge_side, far_right)
     s = max(3, int(round(0.035 * min(H, W))))
     pad = max(1, s // 2)
+    marker = options.marker
     if marker != "none":
         shape = np.ones((s, s), bool) if marker == "square" else _scaled(_glyphs(laterality), (s, s))
         shape[s // 2, s // 2] = True  # at least one pixel at 1, whatever the scaling left of the letter
-        block = pixels[pad : pad + s, columns(inset + pad, s)]
-        block[shape] = 1.0
-        art[pad : pad + s, columns(inset + pad, s)] |= shape
+        x = W - inset["far"] - pad - s if far_right else inset["far"] + pad
+        rows, cols = slice(inset["top"] + pad, inset["top"] + pad + s), slice(x, x + s)
+        pixels[rows, cols][shape] = 1.0
+        art[rows, cols] |= shape
     if has_label:
-        has_label = _draw_label(pixels, art, breast, rng, f"{laterality} {view}", columns, inset + pad)
-    return art, {"film_edge": has_edge, "label_block": has_label, "marker": marker}
+        has_label = _draw_label(pixels, art, breast, rng, f"{laterality} {view}", far_right,
+                                (inset["far"] + pad, inset["bottom"] + pad))
+    return art, {"film_edge": has_edge, "film_edge_side": edge_side, "label_block": has_label, "marker": marker}
 
 
 def _draw_label(pixels: np.ndarray, art: np.ndarray, breast: np.ndarray, rng: np.random.Generator, text: str,
-                columns, inset: int) -> bool:
-    """A burnt-in label block in the lower free corner, unless the breast is within reach; returns whether drawn."""
+                far_right: bool, inset_xy: tuple[int, int]) -> bool:
+    """A burnt-in label block low in the free part of the image, anywhere between the breast (not touching it)
+    and the border; returns whether there was room for it."""
     H, W = pixels.shape
     lh, lw = max(4, int(round(H * rng.uniform(0.05, 0.08)))), max(8, int(round(W * rng.uniform(0.16, 0.24))))
-    y1 = H - inset - int(round(H * rng.uniform(0.0, 0.04)))
-    rows, cols = slice(max(0, y1 - lh), y1), columns(inset, lw)
-    reach = max(2, int(round(0.02 * max(H, W))))
-    near = breast[max(0, rows.start - reach) : rows.stop + reach,
-                  max(0, cols.start - reach) : cols.stop + reach]
-    if near.any() or rows.stop - rows.start < 4 or cols.start < 0:
+    y1 = H - inset_xy[1] - int(round(H * rng.uniform(0.0, 0.04)))
+    rows = slice(max(0, y1 - lh), y1)
+    reach = max(6, int(round(0.05 * max(H, W))))  # clear of the breast by more than a mask margin
+    cols_with_breast = np.flatnonzero(breast[max(0, rows.start - reach) : rows.stop + reach].any(axis=0))
+    if far_right:
+        lo, hi = (int(cols_with_breast.max()) + reach + 1 if cols_with_breast.size else 0), W - inset_xy[0] - lw
+    else:
+        lo, hi = inset_xy[0], (int(cols_with_breast.min()) - reach - lw if cols_with_breast.size else W - lw)
+    if hi < lo or rows.stop - rows.start < 4:
         return False
+    x0 = int(rng.integers(lo, hi + 1))
+    cols = slice(x0, x0 + lw)
     site = f"SITE {chr(ord('A') + int(rng.integers(26)))}{int(rng.integers(10))}"
-    letters = _scaled(_glyphs(f"{text} {site}"), (rows.stop - rows.start - 2, cols.stop - cols.start - 2))
-    block = np.full((rows.stop - rows.start, cols.stop - cols.start), np.float32(rng.uniform(0.78, 0.9)))
+    letters = _scaled(_glyphs(f"{text} {site}"), (rows.stop - rows.start - 2, lw - 2))
+    block = np.full((rows.stop - rows.start, lw), np.float32(rng.uniform(0.78, 0.9)))
     block[1:-1, 1:-1][letters] = np.float32(0.12)
     pixels[rows, cols] = block
     art[rows, cols] = True
@@ -696,6 +736,9 @@ def _check_generate_args(n_patients: int, fmt: str, jpeg2000: bool, views: Seque
     for name in ("film_edge", "label_block", "artefact_bias"):
         if not 0 <= getattr(options, name) <= 1:
             raise ValueError(f"{name} must lie in [0, 1], got {getattr(options, name)}")
+    if not options.film_edge_sides or set(options.film_edge_sides) - set(FILM_EDGE_SIDES):
+        raise ValueError(f"film_edge_sides must be some of {', '.join(FILM_EDGE_SIDES)}, got "
+                         f"{list(options.film_edge_sides)}")
     if options.marker not in ("letter", "square", "none"):
         raise ValueError(f"marker must be letter, square or none, got {options.marker!r}")
 
