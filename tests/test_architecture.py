@@ -30,6 +30,7 @@ LAYERS = {
     "mammodetr.training": 6,
     "mammodetr.evaluation": 6,
     "mammodetr.serve": 7,
+    "mammodetr.cv": 7,  # trains (training) and scores (evaluation): above both, a peer of serve
     "mammodetr.cli": 8,
     "mammodetr.__main__": 9,
 }

@@ -34,6 +34,7 @@ from torch import nn
 from mammodetr._version import __version__
 from mammodetr.atomic import dumps
 from mammodetr.config import RunConfig
+from mammodetr.data.preprocess import PrepareOptions
 from mammodetr.models.detr import build_model
 from mammodetr.outputs import write_error
 
@@ -172,11 +173,24 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def _upgraded(raw: dict) -> dict:
+    """A stored config with the keys it predates filled in with what their absence meant.
+
+    ``data.prepare`` recorded before background masking existed means "not masked" (a model trained on such a
+    dataset must see raw files prepared the same way).
+    """
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("prepare"), dict):
+        return {**raw, "data": {**data, "prepare": PrepareOptions.upgraded(data["prepare"])}}
+    return raw
+
+
 def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Config and metadata of a checkpoint (or run) folder, migrating the 0.1.0 layout.
+    """Config and metadata of a checkpoint (or run) folder, migrating older layouts.
 
     0.1.0 stored its metadata under ``"meta"`` inside ``config.json`` and wrote no checksum; the metadata is
-    taken from there and ``meta["format"]`` is 1.
+    taken from there and ``meta["format"]`` is 1. Keys added to the config later get what their absence meant
+    (:func:`_upgraded`).
 
     Raises:
         CheckpointError: no checkpoint, unreadable files, or a config that is not a valid RunConfig.
@@ -190,7 +204,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if "model" not in raw:
         raise CheckpointError(f"{ckpt / CONFIG_FILE}: has no 'model' section")
     try:
-        config = RunConfig.from_dict(raw)
+        config = RunConfig.from_dict(_upgraded(raw))
     except ValueError as exc:
         raise CheckpointError(f"{ckpt / CONFIG_FILE}: {exc}") from None
     return Checkpoint(ckpt, config, meta)

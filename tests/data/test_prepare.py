@@ -238,3 +238,94 @@ def test_a_dying_worker_loses_only_its_file(csv_dataset, tmp_path, monkeypatch):
                              workers=2, progress=False, log=lines.append)
     assert report["images_prepared"] == 5
     assert any("img/2.png" in ln and "worker process died" in ln for ln in lines)
+
+
+@pytest.fixture()
+def synth_table(tmp_path):
+    """Two synthetic patients whose every image has a film edge and a label block (PNG, 160 x 128)."""
+    from mammodetr.data.synth import SynthOptions, generate_dataset
+
+    return generate_dataset(tmp_path / "synth", n_patients=3, image_size=(160, 128), seed=4, progress=False,
+                            options=SynthOptions(film_edge=1.0, label_block=1.0, p_normal=0.0, p_benign=0.5))
+
+
+def test_masking_is_recorded_per_image_and_boxes_are_untouched(synth_table, tmp_path):
+    out = tmp_path / "out"
+    lines = []
+    report = prepare_dataset(convert("csv", synth_table), out, PrepareOptions(crop=False, max_side=None),
+                             workers=0, progress=False, log=lines.append)
+    ann = json.loads((out / "annotations.json").read_text())
+    assert ann["info"]["prepare"]["mask_background"] is True
+    summary = report["background_mask"]
+    assert summary["images_masked"] == 12 and summary["images_not_masked"] == 0
+    assert summary["images_with_film_edges"] >= 1 and 0.3 < summary["mean_fraction_masked"] < 0.8
+    boxes = {}
+    for a in ann["annotations"]:
+        boxes.setdefault(a["image_id"], []).append(a["bbox"])
+    assert boxes
+    sources = json.loads(Path(report["source_map"]).read_text())["sources"]  # the private hash -> path map
+    for img in ann["images"]:
+        record = img["background_mask"]
+        assert record["applied"] and 0 < record["fraction"] < 1 and record["boxes_outside_mask"] == 0
+        prepared = np.asarray(Image.open(out / img["file_name"]), dtype=np.int64)
+        source = np.asarray(Image.open(synth_table.parent / sources[img["source"]]), dtype=np.int64)
+        assert (prepared <= source).all() and (prepared < source).any()  # only set to 0 ...
+        for x, y, w, h in boxes.get(img["id"], []):  # ... never inside a lesion box
+            ys, xs = slice(int(y), int(np.ceil(y + h))), slice(int(x), int(np.ceil(x + w)))
+            np.testing.assert_array_equal(prepared[ys, xs], source[ys, xs])
+    assert not any("background" in ln for ln in lines)
+    # A box that moves changes what masking keeps: that image (only) is prepared again.
+    rows = list(csv.DictReader(open(synth_table, newline="")))
+    row = next(r for r in rows if r["x1"])
+    row["x1"] = str(int(row["x1"]) - 3)
+    with open(synth_table, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    again = prepare_dataset(convert("csv", synth_table), out, PrepareOptions(crop=False, max_side=None), workers=0,
+                            progress=False, log=lambda s: None)
+    assert again["images_prepared_this_run"] == 1
+
+
+def _as_written_before_masking(out):
+    """Make a dataset prepared with masking off look as a version without masking wrote it."""
+    ann = json.loads((out / "annotations.json").read_text())
+    ann["info"]["prepare"] = {k: v for k, v in ann["info"]["prepare"].items() if not k.startswith("mask_")}
+    for img in ann["images"]:
+        del img["background_mask"]
+    (out / "annotations.json").write_text(json.dumps(ann))
+    state = json.loads((out / "prepare_state.json").read_text())
+    for entry in state["images"].values():
+        del entry["boxes_in"], entry["result"]["background_mask"]
+    (out / "prepare_state.json").write_text(json.dumps(state))
+
+
+def test_an_unmasked_dataset_stays_unmasked_unless_asked(synth_table, tmp_path, capsys):
+    out = tmp_path / "old"
+    args = ["prepare", "--source", "csv", "--input", str(synth_table), "--out", str(out), "--workers", "1",
+            "--no-progress"]
+    assert cli_main(args + ["--no-mask-background"]) == 0
+    _as_written_before_masking(out)
+    before = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
+    capsys.readouterr()
+    assert cli_main(args) == 0  # the default for an existing dataset is what it recorded: no masking
+    captured = capsys.readouterr()
+    assert "background masking: off, as recorded" in captured.out and "12 reused" in captured.out
+    ann = json.loads((out / "annotations.json").read_text())
+    assert ann["info"]["prepare"]["mask_background"] is False
+    assert {p.name: p.read_bytes() for p in (out / "images").iterdir()} == before
+    # Asked for, masking applies to every image at once: no mix of masked and unmasked images.
+    assert cli_main(args + ["--mask-background"]) == 0
+    captured = capsys.readouterr()
+    assert "background masking turned on (it was off); every image is prepared again" in captured.err
+    assert "0 reused" in captured.out
+    ann = json.loads((out / "annotations.json").read_text())
+    assert ann["info"]["prepare"]["mask_background"] is True
+    assert all(img["background_mask"]["applied"] for img in ann["images"])
+    # ... and from then on the recorded default is on.
+    assert cli_main(args) == 0
+    assert "12 reused" in capsys.readouterr().out
+    # A new dataset is masked by default.
+    assert cli_main(args[:-4] + [str(tmp_path / "new")] + args[-3:]) == 0
+    new = json.loads((tmp_path / "new" / "annotations.json").read_text())
+    assert new["info"]["prepare"]["mask_background"] is True

@@ -1,8 +1,9 @@
 """``mammodetr prepare``: convert a dataset into a prepared folder (16-bit PNGs + COCO annotations + report).
 
-The preparation flags (``--crop``, ``--flip-to``, ``--max-side``, ...) are the fields of
-:class:`~mammodetr.data.preprocess.PrepareOptions`, with its defaults and help texts. ``--id-key``,
-``--source-map`` and ``--rekey`` choose how identifiers are pseudonymised (docs/security.md).
+The preparation flags (``--crop``, ``--flip-to``, ``--max-side``, ``--mask-background``, ...) are the fields of
+:class:`~mammodetr.data.preprocess.PrepareOptions`, with its defaults and help texts. Background masking is on for a
+new dataset; re-running into an existing one keeps what it recorded unless ``--[no-]mask-background`` is given.
+``--id-key``, ``--source-map`` and ``--rekey`` choose how identifiers are pseudonymised (docs/security.md).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from mammodetr.cli.options import add_dataclass_flags, default_of, given
 from mammodetr.data.converters import SOURCES, cbis_ddsm, check_images_found, convert, vindr
 from mammodetr.data.counts import format_count_table
 from mammodetr.data.id_key import ENV_VAR, load_id_key
-from mammodetr.data.prepare import prepare_dataset
+from mammodetr.data.prepare import default_options, prepare_dataset
 from mammodetr.data.preprocess import PrepareOptions
 from mammodetr.outputs import OutputConflictError, check_separate, count_within
 
@@ -73,7 +74,11 @@ def _check_out(args: argparse.Namespace, conversion) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    options = dataclasses.replace(PrepareOptions(), **given(args, PrepareOptions))
+    flags = given(args, PrepareOptions)
+    options = dataclasses.replace(default_options(args.out), **flags)
+    if "mask_background" not in flags and not options.mask_background:
+        print(f"background masking: off, as recorded in {args.out} (--mask-background prepares every image again "
+              f"with it)")
     extra = {"images_dir": args.images_dir} if args.images_dir else {}
     if args.source == "vindr":
         extra["positive_birads"] = args.vindr_positive_birads

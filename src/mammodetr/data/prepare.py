@@ -2,10 +2,11 @@
 
 Output folder::
 
-    images/<name>.png         16-bit grayscale, breast-cropped, optionally side-flipped, long side capped; the name
-                              is a keyed hash of the converter and the source's own image key
+    images/<name>.png         16-bit grayscale, breast-cropped, background-masked, optionally side-flipped, long
+                              side capped; the name is a keyed hash of the converter and the source's own image key
     annotations.json          COCO + per-image extras (patient_id, label, laterality, view, study_id, source,
-                              source_digest, transform, official_split, split); annotation bbox [x, y, w, h] in
+                              source_digest, transform, background_mask, official_split, split); annotation bbox
+                              [x, y, w, h] in
                               PREPARED pixels
     prepare_report.json       counts and every problem (file, problem, action)
     prepare_state.json        the id key's fingerprint and, per image, the source's size/mtime and what was
@@ -51,8 +52,8 @@ from mammodetr.data.preprocess import PrepareOptions
 from mammodetr.data.records import DUPLICATE_ROW, LABELS, Conversion, ImageRecord, Problem
 from mammodetr.data.source_map import SourceMap, default_source_map_path, inside
 
-__all__ = ["prepare_dataset", "map_box", "PrepareStopped", "STATE_FILE", "ANNOTATIONS_FILE", "REPORT_FILE",
-           "STATE_SAVE_SECONDS"]
+__all__ = ["prepare_dataset", "default_options", "map_box", "PrepareStopped", "STATE_FILE", "ANNOTATIONS_FILE",
+           "REPORT_FILE", "STATE_SAVE_SECONDS"]
 
 STATE_FILE = "prepare_state.json"
 ANNOTATIONS_FILE = "annotations.json"
@@ -109,7 +110,26 @@ def _stat_key(path: Path) -> Optional[list[int]]:
 
 
 def _options_hash(options: PrepareOptions) -> str:
-    return hashlib.sha256(json.dumps(options.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(options.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _boxes_key(record: ImageRecord, options: PrepareOptions) -> Optional[str]:
+    """What the prepared pixels depend on in the record's boxes: masking keeps them, so they count when it is on."""
+    if not options.mask_background:
+        return None
+    text = json.dumps([box.as_list() for box in record.boxes])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_options(out_dir: str | Path) -> PrepareOptions:
+    """The default options for preparing into ``out_dir``: background masking on for a new dataset, and as recorded
+    for an existing one (off for one prepared before masking existed), so re-running ``prepare`` on a dataset
+    never switches masking by default and masked and unmasked images are never mixed.
+    """
+    recorded = (_load_json(Path(out_dir) / ANNOTATIONS_FILE) or {}).get("info", {}).get("prepare")
+    if not isinstance(recorded, dict):
+        return PrepareOptions()
+    return PrepareOptions(mask_background=bool(PrepareOptions.upgraded(recorded)["mask_background"]))
 
 
 def _load_json(path: Path) -> Optional[dict]:
@@ -257,8 +277,8 @@ def prepare_dataset(
     Args:
         conversion: records and problems from a converter.
         out_dir: output folder (created; an earlier run's images are reused when unchanged).
-        options: preprocessing options (default ``PrepareOptions()``; the same ones ``predict`` must use later;
-            stored in annotations.json).
+        options: preprocessing options (default :func:`default_options`; the same ones ``predict`` must use
+            later; stored in annotations.json).
         workers: worker processes (default: all CPU cores; 0 or 1 runs in this process).
         progress: show a tqdm progress bar.
         log: where each problem line goes (default: stderr, through tqdm so the bar stays intact).
@@ -278,7 +298,7 @@ def prepare_dataset(
     t0 = time.perf_counter()
     key = id_key or load_id_key()
     out = Path(out_dir)
-    run = _start(conversion, out, options or PrepareOptions(), log or _log_to_stderr, key,
+    run = _start(conversion, out, options or default_options(out), log or _log_to_stderr, key,
                  _source_map(key, out, source_map), rekey)
     plan = _plan(run, _unique_records(run))
     n_workers = (os.cpu_count() or 1) if workers is None else max(0, int(workers))
@@ -345,6 +365,7 @@ def _start(conversion: Conversion, out: Path, options: PrepareOptions, emit: Cal
     )
     for problem in conversion.problems:
         run.report(problem)
+    _note_masking_change(run, old_annotations)
     return run
 
 
@@ -365,6 +386,14 @@ def _remove_temp_files(out: Path) -> None:
     """Temporary files a killed run left behind (atomic writes name them ``.<name>.<pid>.tmp``)."""
     for tmp in [*out.glob(".*.json.*.tmp"), *(out / "images").glob(".*.png.*.tmp")]:
         tmp.unlink(missing_ok=True)
+def _note_masking_change(run: _Run, old_annotations: dict) -> None:
+    recorded = old_annotations.get("info", {}).get("prepare")
+    if isinstance(recorded, dict) and old_annotations.get("images"):
+        was = bool(PrepareOptions.upgraded(recorded)["mask_background"])
+        if was != run.options.mask_background:
+            now = "on" if run.options.mask_background else "off"
+            run.report(Problem(str(run.out), f"background masking turned {now} (it was {'on' if was else 'off'}); "
+                                             f"every image is prepared again", "note"))
 
 
 def _unique_records(run: _Run) -> list[ImageRecord]:
@@ -399,10 +428,13 @@ def _plan(run: _Run, records: list[ImageRecord]) -> _Plan:
     for i, (rec, name, st) in enumerate(zip(records, names, plan.stats, strict=True)):
         old = run.old_entries.get(name)
         if (old and old.get("stat") == st and old.get("options") == run.options_hash
-                and old.get("laterality_in") == rec.laterality and (images / name).is_file()):
+                and old.get("laterality_in") == rec.laterality and (images / name).is_file()
+                and old.get("boxes_in") == _boxes_key(rec, run.options)):
             plan.results[i] = dict(old["result"], index=i)
             continue
-        plan.jobs.append(Job(i, str(rec.image_path), str(images / name), rec.laterality, rec.view, run.options))
+        boxes = tuple(tuple(box.as_list()) for box in rec.boxes) if run.options.mask_background else ()
+        plan.jobs.append(Job(i, str(rec.image_path), str(images / name), rec.laterality, rec.view, run.options,
+                             boxes))
     return plan
 
 
@@ -414,6 +446,7 @@ def _state_entries(run: _Run, plan: _Plan) -> dict:
             continue
         entries[plan.names[i]] = {"stat": plan.stats[i], "options": run.options_hash,
                                   "laterality_in": plan.records[i].laterality,
+                                  "boxes_in": _boxes_key(plan.records[i], run.options),
                                   "result": {k: v for k, v in res.items() if k != "index"}}
     return entries
 
@@ -474,6 +507,30 @@ def _report_notes(run: _Run, dataset: _Dataset, rec: ImageRecord, name: str, res
     if res["side_mismatch"]:
         dataset.side_mismatches.append({"file_name": name, "source": hidden})
         run.problem(rec, "laterality tag and the side the breast lies on disagree; flipped by the tag", "note")
+    _mask_notes(run, rec, res)
+
+
+def _mask_notes(run: _Run, rec: ImageRecord, res: dict) -> None:
+    masking = res.get("background_mask")
+    if not masking:
+        return
+    if not masking["applied"] and not res["crop_fallback"]:  # a crop fallback already said why
+        run.problem(rec, f"background not masked ({masking['reason']})", "note")
+    if masking["boxes_outside_mask"]:
+        run.problem(rec, f"{masking['boxes_outside_mask']} lesion box(es) reach outside the breast region; kept "
+                         f"unmasked", "note")
+
+
+def mask_summary(images: list[dict]) -> Optional[dict]:
+    """Images masked / not masked, the mean masked fraction and the boxes kept outside the region (report)."""
+    records = [img["background_mask"] for img in images if img.get("background_mask")]
+    if not records:
+        return None
+    applied = [r for r in records if r["applied"]]
+    return {"images_masked": len(applied), "images_not_masked": len(records) - len(applied),
+            "mean_fraction_masked": round(float(np.mean([r["fraction"] for r in applied])), 4) if applied else None,
+            "images_with_film_edges": sum(bool(r["film_edges"]) for r in applied),
+            "boxes_outside_mask": sum(r["boxes_outside_mask"] for r in records)}
 
 
 def _add_boxes(run: _Run, dataset: _Dataset, rec: ImageRecord, image_id: int, transform: ImageTransform) -> int:
@@ -510,6 +567,7 @@ def _image_entry(run: _Run, rec: ImageRecord, res: dict, name: str, image_id: in
         "split": split,
         "crop_fallback": res["crop_fallback"],
         "transform": res["transform"],
+        "background_mask": res.get("background_mask"),
         "extra": rec.extra,
     }
 
@@ -585,6 +643,7 @@ def _report(run: _Run, plan: _Plan, dataset: _Dataset, n_workers: int, elapsed: 
         "conversion": conversion.summary,
         "crop_fallbacks": dataset.crop_fallbacks,
         "side_mismatches": dataset.side_mismatches,
+        "background_mask": mask_summary(dataset.images),
         "problems": [p.to_dict(run.sources.hide) for p in run.problems],
         "problem_counts": dict(Counter(p.action for p in run.problems)),
         "id_key_fingerprint": run.key.fingerprint,

@@ -31,7 +31,8 @@ _DIGEST_SPAN = 1 << 20
 
 @dataclass(frozen=True)
 class Job:
-    """One image to prepare: its record index, source file, output PNG, table laterality/view and the options."""
+    """One image to prepare: its record index, source file, output PNG, table laterality/view, the options and the
+    lesion boxes masking must keep."""
 
     index: int
     source: str
@@ -39,6 +40,7 @@ class Job:
     laterality: Optional[str]
     view: Optional[str]
     options: PrepareOptions
+    boxes: tuple = ()  # the lesion boxes (original pixels): background masking never touches them
 
 
 def source_digest(path: str | os.PathLike[str]) -> str:
@@ -65,7 +67,8 @@ def prepare_one(job: Job) -> dict:
         or ``{"error": reason}`` for a bad input, or ``{"stop": reason}`` when the PNG could not be written.
     """
     try:
-        prepared = preprocess_image(job.source, job.options, laterality=job.laterality, view=job.view)
+        prepared = preprocess_image(job.source, job.options, laterality=job.laterality, view=job.view,
+                                    keep_boxes_xyxy=job.boxes)
         digest = source_digest(job.source)
     except ImageReadError as exc:
         return {"index": job.index, "error": exc.reason}
@@ -87,6 +90,7 @@ def prepare_one(job: Job) -> dict:
         "crop_reason": prepared.crop_reason,
         "side_mismatch": prepared.side_mismatch,
         "breast_side": prepared.breast_side,
+        "background_mask": prepared.background_mask,
         "source_digest": digest,
     }
 

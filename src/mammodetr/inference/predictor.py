@@ -90,8 +90,8 @@ class Predictor:
         """How raw files are prepared: the training data's preparation (the defaults when it was not recorded)."""
         if self.config.data.prepare is None:
             log.warning("the model's config does not record how its training data was prepared; raw inputs get "
-                        "the default preparation, which may differ")
-            self.config.data.prepare = PrepareOptions()
+                        "the default preparation of that time (no background masking), which may differ")
+            self.config.data.prepare = PrepareOptions.from_dict({})  # a record this old predates masking
         return self.config.data.prepare
 
     @torch.no_grad()
