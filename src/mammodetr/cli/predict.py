@@ -20,7 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="checkpoint folder or run folder")
+    model.add_argument("--model", metavar="MODEL_ONNX", help="a model written by `mammodetr export`, run by "
+                                                             "onnxruntime (needs mammodetr[onnx])")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM/PNG/TIFF files or folders")
     parser.add_argument("--out", required=True, help="predictions.jsonl to write (one line per image, as it is made)")
     parser.add_argument("--overlay", metavar="DIR", help="also write images with boxes and scores drawn")
@@ -53,9 +56,16 @@ def _with_overlays(results: Iterator[FileResult], overlay_dir: str | None) -> It
         yield r.result
 
 
+def load_predictor(args: argparse.Namespace) -> Predictor:
+    """The predictor of ``--checkpoint`` or ``--model`` (an ONNX file), for ``predict`` and ``serve``."""
+    batch = getattr(args, "batch_size", None) or default_of(Predictor, "batch_size")
+    if args.model is not None:
+        return Predictor.from_onnx(args.model, batch_size=batch)
+    return Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=batch, verify=not args.no_verify)
+
+
 def run(args: argparse.Namespace) -> int:
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
-                                          verify=not args.no_verify)
+    predictor = load_predictor(args)
     sr = SRExporter(args.dicom_sr, predictor, args.sr_min_score) if args.dicom_sr else None
     counts = {"ok": 0, "failed": 0}
 
