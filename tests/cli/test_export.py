@@ -206,6 +206,22 @@ def test_a_file_that_is_no_onnx_model_is_one_line(setup, tmp_path, capsys, conte
         assert len(err) == 1 and str(bad) in err[0] and expected in err[0], err
 
 
+@pytest.mark.parametrize("missing, command", [("onnxscript", "export"), ("onnx", "export"),
+                                              ("onnxruntime", "predict")])
+def test_without_the_onnx_extra_each_command_says_what_to_install(setup, tmp_path, monkeypatch, capsys, missing,
+                                                                  command):
+    import sys
+
+    ckpt, model, images = setup
+    monkeypatch.setitem(sys.modules, missing, None)
+    argv = (["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m.onnx")] if command == "export" else
+            ["predict", "--model", str(model), str(images[0]), "--out", str(tmp_path / "p.jsonl")])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mammodetr[onnx]" in err[0] and missing in err[0]
+    assert not list(tmp_path.iterdir())
+
+
 def test_an_onnx_model_from_elsewhere_is_one_line(tmp_path, capsys):
     from onnx import TensorProto, helper
 

@@ -60,6 +60,8 @@ def load_predictor(args: argparse.Namespace) -> Predictor:
     """The predictor of ``--checkpoint`` or ``--model`` (an ONNX file), for ``predict`` and ``serve``."""
     batch = getattr(args, "batch_size", None) or default_of(Predictor, "batch_size")
     if args.model is not None:
+        if args.device not in ("auto", "cpu"):
+            log.warning("--device %s is not used with --model: onnxruntime runs on the CPU", args.device)
         return Predictor.from_onnx(args.model, batch_size=batch)
     return Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=batch, verify=not args.no_verify)
 
