@@ -107,3 +107,14 @@ def test_missing_and_broken_checkpoints_are_one_clear_error(tmp_path):
     (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="no_such_key"):
         load_model(path)
+
+
+def test_weights_sha256_in_memory_is_that_of_the_saved_file(tmp_path):
+    from mammodetr.checkpoint import MODEL_FILE, file_sha256, weights_sha256
+
+    path = _saved(tmp_path)
+    model, ckpt = load_checkpoint(path)
+    assert weights_sha256(model) == file_sha256(path / MODEL_FILE) == ckpt.meta["weights_sha256"]
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert weights_sha256(model) != ckpt.meta["weights_sha256"]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 from torch import nn
 
 from mammodetr._version import __version__
@@ -40,7 +40,7 @@ from mammodetr.outputs import write_error
 
 __all__ = ["MODEL_FILE", "CONFIG_FILE", "META_FILE", "STATE_FILE", "CheckpointError", "Checkpoint",
            "save_checkpoint", "resolve_checkpoint", "read_checkpoint", "verify_weights", "load_checkpoint",
-           "load_model", "restore_weights", "load_training_state", "file_sha256"]
+           "load_model", "restore_weights", "load_training_state", "file_sha256", "weights_sha256"]
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -76,6 +76,18 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
+
+
+_SAFETENSORS_META = {"format": "pt"}
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """The SHA-256 that ``model.safetensors`` of ``model`` would have (what ``meta.json`` records), in memory."""
+    return hashlib.sha256(save(_state(model), metadata=_SAFETENSORS_META)).hexdigest()
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     # DDP and torch.compile wrap the module; the file must hold the plain module's keys.
     model = getattr(model, "module", model)
@@ -106,13 +118,11 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: RunConfig, 
     """
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
-    state = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
-    config_text = dumps(config.to_dict())
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        save_file(state, str(tmp / MODEL_FILE), metadata={"format": "pt"})
-        _write(tmp / CONFIG_FILE, config_text)
+        save_file(_state(model), str(tmp / MODEL_FILE), metadata=_SAFETENSORS_META)
+        _write(tmp / CONFIG_FILE, dumps(config.to_dict()))
         _write(tmp / META_FILE, dumps(_meta(tmp / MODEL_FILE, meta)))
         if training_state is not None:
             torch.save(training_state, tmp / STATE_FILE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,3 +145,34 @@ def test_cuda_paths_match_loop() -> None:
     for fn in (selective_scan_chunked, selective_scan):
         got = fn(**cuda).cpu().double()
         assert ((got - expected).abs().max() / expected.abs().max()) < 1e-4, fn.__name__
+
+
+def test_an_exported_scan_runs_at_every_batch_size(tmp_path):
+    """A chunk size taken from the symbolic batch sized the tensors per batch while the loops stayed unrolled at
+    the traced size: onnxruntime failed at every batch but the traced one (MambaVision-T at 512 px)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from torch import nn
+
+    channels, d_state, length = 160, 8, 1024  # on CPU the eager chunk size is 41 at batch 1, 86 at batch 2
+
+    class Scan(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.A = nn.Parameter(-torch.rand(channels, d_state))
+
+        def forward(self, u, B):
+            return selective_scan_chunked(u, u * 0.5, self.A, B, B * 0.3, None, None, True)
+
+    scan = Scan().eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.onnx.export(scan, (torch.rand(2, channels, length), torch.rand(2, d_state, length)), dynamo=True,
+                                dynamic_shapes=({0: batch}, {0: batch}), input_names=["u", "B"], verbose=False)
+    program.save(tmp_path / "scan.onnx")
+    session = ort.InferenceSession(str(tmp_path / "scan.onnx"), providers=["CPUExecutionProvider"])
+    for b in (1, 3):
+        u, B = torch.rand(b, channels, length), torch.rand(b, d_state, length)
+        with torch.no_grad():
+            expected = scan(u, B).numpy()
+        got = session.run(None, {"u": u.numpy(), "B": B.numpy()})[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())

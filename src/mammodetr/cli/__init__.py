@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("mammodetr.cli.train", "train a multi-task DETR model"),
     "cv": ("mammodetr.cli.cv", "k-fold cross-validation: a run per fold, out-of-fold predictions in one report"),
     "predict": ("mammodetr.cli.predict", "predict malignancy and lesion boxes for images"),
+    "export": ("mammodetr.cli.export", "export a checkpoint to ONNX for onnxruntime (needs mammodetr[onnx])"),
     "sr-read": ("mammodetr.cli.sr_read", "print the findings of a DICOM SR written by predict --dicom-sr"),
     "evaluate": ("mammodetr.cli.evaluate", "compute metrics and write a report for a dataset split"),
     "compare": ("mammodetr.cli.compare", "compare runs in a Table-1-style table with DeLong tests"),

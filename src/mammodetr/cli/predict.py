@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="checkpoint folder or run folder")
+    model.add_argument("--model", metavar="MODEL_ONNX", help="a model written by `mammodetr export`, run by "
+                                                             "onnxruntime (needs mammodetr[onnx])")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM/PNG/TIFF files or folders")
     parser.add_argument("--out", required=True, help="predictions.jsonl to write (one line per image, as it is made)")
     parser.add_argument("--overlay", metavar="DIR", help="also write images with boxes and scores drawn, named after "
@@ -98,15 +101,24 @@ def _stream(results: Iterable[FileResult], tally: _Tally, overlays: OverlayWrite
         yield r
 
 
+def load_predictor(args: argparse.Namespace) -> Predictor:
+    """The predictor of ``--checkpoint`` or ``--model`` (an ONNX file), for ``predict`` and ``serve``."""
+    batch = getattr(args, "batch_size", None) or default_of(Predictor, "batch_size")
+    if args.model is not None:
+        if args.device not in ("auto", "cpu"):
+            log.warning("--device %s is not used with --model: onnxruntime runs on the CPU", args.device)
+        return Predictor.from_onnx(args.model, batch_size=batch)
+    return Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=batch, verify=not args.no_verify)
+
+
 def _start(args: argparse.Namespace) -> tuple[InputScan, Predictor, SRExporter | None]:
     """Every check before anything is written: inputs, outputs, the model; then earlier outputs moved aside."""
     scan = scan_inputs(args.inputs)
-    inputs = [("", i) for i in args.inputs] + [("--checkpoint", resolve_checkpoint(args.checkpoint)),
-                                               ("--table", args.table)]
+    model = ("--model", args.model) if args.model is not None else ("--checkpoint", resolve_checkpoint(args.checkpoint))
+    inputs = [("", i) for i in args.inputs] + [model, ("--table", args.table)]
     aside = claim_outputs({"--out": args.out, "--overlay": args.overlay, "--dicom-sr": args.dicom_sr}, inputs,
                           overwrite=args.overwrite)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
-                                          verify=not args.no_verify)
+    predictor = load_predictor(args)
     sr = SRExporter(args.dicom_sr, predictor, args.sr_min_score) if args.dicom_sr else None
     for line in move_all_aside(aside):
         print(line, file=sys.stderr)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from mammodetr.cli.options import add_dataclass_flags, given
+from mammodetr.cli.predict import load_predictor
 from mammodetr.inference.exam import ExamOptions
-from mammodetr.inference.predictor import Predictor
 from mammodetr.serve.options import ServeOptions
 from mammodetr.serve.server import run_server
 from mammodetr.serve.store import ExamStore
@@ -27,15 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="load weights whose SHA-256 differs from the one recorded (hand-edited weights)")
 
 
-def _predictor(args: argparse.Namespace) -> Predictor:
-    if args.model is None:
-        return Predictor.from_checkpoint(args.checkpoint, device=args.device, verify=not args.no_verify)
-    from_onnx = getattr(Predictor, "from_onnx", None)  # added with ONNX export; absent in older installations
-    if from_onnx is None:
-        raise ValueError("--model needs mammodetr[onnx] (ONNX models are not supported by this installation)")
-    return from_onnx(args.model)
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         import python_multipart  # noqa: F401
@@ -46,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
                          f"missing)") from None
     options = ServeOptions(**given(args, ServeOptions))
     exam_options = ExamOptions(**given(args, ExamOptions))
-    predictor = _predictor(args)
+    predictor = load_predictor(args)
     viewer = Viewer(predictor, ExamStore(args.images), options, exam_options)
     run_server(viewer)
     return 0

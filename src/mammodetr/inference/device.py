@@ -1,12 +1,15 @@
-"""Where and in which precision a model runs: the one ``"auto"`` rule and the one autocast rule."""
+"""Where, in which precision and in which mode a model runs: the one ``"auto"`` rule, the one autocast rule, and
+eval mode that gives every module its own mode back."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
+from torch import nn
 
-__all__ = ["PRECISIONS", "resolve_device", "autocast"]
+__all__ = ["PRECISIONS", "resolve_device", "autocast", "eval_mode"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -42,3 +45,16 @@ def autocast(device: torch.device, precision: str):
     if device.type == "cpu" and dtype is torch.float16:
         raise ValueError("fp16 autocast is for CUDA; use bf16 on CPU")
     return torch.autocast(device.type, dtype=dtype)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside the block; afterwards every module has its own mode again (a model in training with a
+    frozen, eval-mode backbone stays exactly so)."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, was in modes.items():
+            m.train(was)

@@ -1,8 +1,10 @@
 """``Predictor``: a trained model with its input path and its decoder, the one way images become predictions.
 
-Training validation, ``evaluate``, ``predict``, Grad-CAM, ONNX export and the viewer all predict through a
-``Predictor``: the same input transform (:mod:`mammodetr.data.model_input`), the same forward (eval mode, no
-gradients, the chosen precision) and the same decoder (:func:`~mammodetr.inference.decode.decode`).
+Training validation, ``evaluate``, ``predict``, Grad-CAM and the viewer all predict through a ``Predictor``: the
+same input transform (:mod:`mammodetr.data.model_input`), the same forward (eval mode, no gradients, the chosen
+precision) and the same decoder (:func:`~mammodetr.inference.decode.decode`). A model exported to ONNX
+(:meth:`Predictor.from_onnx`) goes through the same reading, crop, resize and decoding; only the forward is an
+onnxruntime session instead of the PyTorch module.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from mammodetr.data.model_input import InputGeometry, input_transform, to_model_
 from mammodetr.data.preprocess import PrepareOptions
 
 from .decode import decode
-from .device import autocast, resolve_device
+from .device import autocast, eval_mode, resolve_device
 from .exam import Exam, ExamOptions, ExamResult, aggregate_exam, group_exams, operating_point, read_exam_table
 from .inputs import RawInput, collect_inputs, load_raw_input
+from .onnx_session import OnnxModel
 from .predictions import Prediction, PredictionError, PredictionSet
 from .quality import input_warnings
 
@@ -51,19 +54,21 @@ class Predictor:
     """A model ready to predict, with everything it needs to read images the way it was trained.
 
     Args:
-        model: the multi-task model (output contract: ``image_logits``, ``pred_boxes``, ``pred_obj_logits``).
+        model: the multi-task model (output contract: ``image_logits``, ``pred_boxes``, ``pred_obj_logits``), or
+            an exported one in an onnxruntime session (:class:`~mammodetr.inference.onnx_session.OnnxModel`,
+            same contract; see :meth:`from_onnx`).
         config: the run config it was trained with (input geometry, preparation of raw files).
-        device: "auto", "cpu", "cuda" or a torch device.
-        precision: "fp32", "bf16" or "fp16" (autocast).
+        device: "auto", "cpu", "cuda" or a torch device (an ONNX model takes its inputs on the CPU).
+        precision: "fp32", "bf16" or "fp16" (autocast); an ONNX model runs as it was exported.
         batch_size: images per forward pass.
         channels_last: feed channels-last inputs (the model's memory format should match).
         meta: checkpoint metadata (versions, weights SHA-256), when loaded from one.
     """
 
-    def __init__(self, model: nn.Module, config: RunConfig, *, device: str | torch.device = "cpu",
+    def __init__(self, model: nn.Module | OnnxModel, config: RunConfig, *, device: str | torch.device = "cpu",
                  precision: str = "fp32", batch_size: int = DEFAULT_BATCH_SIZE, channels_last: bool = False,
                  meta: dict | None = None) -> None:
-        self.device = resolve_device(device)
+        self.device = resolve_device("cpu" if isinstance(model, OnnxModel) else device)
         self.model = model
         self.config = config
         self.precision = precision
@@ -81,6 +86,24 @@ class Predictor:
         return cls(model, ckpt.config, device=dev, precision=precision or "fp32", batch_size=batch_size,
                    meta=ckpt.meta)
 
+    @classmethod
+    def from_onnx(cls, path: str | Path, *, batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None,
+                  providers: Sequence[str] | None = None) -> "Predictor":
+        """Load a model written by ``mammodetr export`` (needs ``mammodetr[onnx]``): the run config and the source
+        checkpoint's metadata come from the file's metadata.
+
+        Args:
+            path: the ``.onnx`` file.
+            batch_size: images per forward pass (a fixed-batch export runs them in groups of its size).
+            threads: onnxruntime intra-op threads (default: one per physical core).
+            providers: onnxruntime execution providers (default: CPU).
+
+        Raises:
+            OnnxModelError: not a usable mammodetr ONNX file (one line naming it and the problem).
+        """
+        model = OnnxModel.load(path, providers=providers, threads=threads)
+        return cls(model, model.metadata.config, batch_size=batch_size, meta=model.metadata.meta)
+
     @property
     def geometry(self) -> InputGeometry:
         return self.config.data.geometry
@@ -96,17 +119,14 @@ class Predictor:
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict:
-        """(B, 1, S, S) inputs in [0, 1] -> raw model outputs, in eval mode (the model's mode is restored)."""
+        """(B, 1, S, S) inputs in [0, 1] -> raw model outputs, in eval mode (every module's mode is restored)."""
+        if isinstance(self.model, OnnxModel):
+            return self.model(images)
         x = images.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with autocast(self.device, self.precision):
-                return self.model(x)
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), autocast(self.device, self.precision):
+            return self.model(x)
 
     def decode(self, outputs: dict, transforms: Sequence[ImageTransform], names: Sequence[str]) -> list[Prediction]:
         return decode(outputs, transforms, names)

@@ -144,7 +144,11 @@ def selective_scan_chunked(
         u, dt, A, B, C, D = _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus)
         batch, channels, length = u.shape
         d_state = A.shape[1]
-        T = int(chunk_size) if chunk_size else _default_chunk_size(length, batch * channels * d_state, u.is_cuda)
+        # Under torch.export the batch is symbolic: a chunk size derived from it would size the tensors per batch
+        # while the loops below stay unrolled at the traced size, so an exported graph uses ceil(sqrt(L)).
+        exporting = torch.compiler.is_exporting()
+        T = int(chunk_size) if chunk_size else _default_chunk_size(length, batch * channels * d_state,
+                                                                   u.is_cuda or exporting)
         T = max(1, min(T, length))
         n_chunks = -(-length // T)
         pad = n_chunks * T - length

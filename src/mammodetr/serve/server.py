@@ -54,7 +54,9 @@ def run_server(viewer: Viewer) -> None:
     atexit.register(viewer.store.close)
     # The predictor logs each unreadable file by its path; the viewer reports it to the page instead, and its
     # console must not name files (a path can hold a patient's name).
-    logging.getLogger("mammodetr.inference").setLevel(logging.ERROR)
+    quiet = logging.getLogger("mammodetr.inference")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     opts = viewer.options
     if not is_loopback(opts.host):
         print(exposure_warning(opts.host), file=sys.stderr, flush=True)
@@ -77,3 +79,4 @@ def run_server(viewer: Viewer) -> None:
             signal.signal(sig, handler)
         sock.close()
         viewer.store.close()
+        quiet.setLevel(level)  # the process may go on (tests, a notebook): its logging is as it was
