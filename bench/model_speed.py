@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 BACKBONES = ["resnet50", "convnextv2_tiny", "mambavision_t", "dinov3_vitb16"]
@@ -46,19 +45,39 @@ def _timed_pair(fn_a, fn_b, iters: int, warmup: int, sync=lambda: None) -> tuple
     return statistics.median(ta), statistics.median(tb), statistics.median(b / a for a, b in zip(ta, tb))
 
 
-def measure_one(backbone: str, precision: str, size: int, iters: int, warmup: int, threads: int,
-                device: str = "cpu", infer_batch: int = 1, train_batch: int = 2) -> dict:
+def _time_matcher(layers: int, batch: int, iters: int, threads: int) -> float:
+    """Median seconds of one batched match of every decoder layer (K = 3 queries, 0-3 targets per image)."""
+    import torch
+
+    from mammodetr import HungarianMatcher
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    boxes, logits = torch.rand(layers, batch, 3, 4, generator=g) * 0.5 + 0.2, torch.randn(layers, batch, 3, generator=g)
+    tgt = torch.rand(batch, 3, 4, generator=g) * 0.5 + 0.2
+    mask = torch.arange(3)[None] < torch.randint(0, 4, (batch, 1), generator=g)
+    matcher = HungarianMatcher()
+    times = []
+    for i in range(iters + 20):
+        t = time.perf_counter()
+        matcher.match(boxes, logits, tgt, mask)
+        if i >= 20:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _setup(backbone: str, size: int, dev, channels_last: bool, infer_batch: int, train_batch: int):
     import torch
     from torch import nn
 
     from mammodetr import LossConfig, ModelConfig, build_criterion, build_model
+    from mammodetr.config import OptimConfig
+    from mammodetr.training.loader import collate_skipping
+    from mammodetr.training.optim import build_optimizer, build_scheduler
 
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
-    dev = torch.device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     model = build_model(ModelConfig(backbone=backbone, pretrained="none", dropout=0.0)).to(dev)
-    criterion = build_criterion(LossConfig(), num_aux=model.decoder.layers.__len__() - 1)
+    criterion = build_criterion(LossConfig(), num_aux=len(model.decoder.layers) - 1)
     backbone_mod = model.backbone
 
     class Classifier(nn.Module):
@@ -73,70 +92,113 @@ def measure_one(backbone: str, precision: str, size: int, iters: int, warmup: in
             return self.fc(self.backbone(x)[-1].mean((-2, -1)))
 
     classifier = Classifier().to(dev)
-    amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
-    x1 = torch.rand(infer_batch, 1, size, size, device=dev)
-    x2 = torch.rand(train_batch, 1, size, size, device=dev)
-    x1n, x2n = model.normalize(x1), model.normalize(x2)
-    targets = [
-        {"boxes": torch.tensor([[0.4, 0.4, 0.1, 0.1]], device=dev) if i % 2 == 0 else torch.zeros(0, 4, device=dev),
-         "label": torch.tensor(1 - i % 2, device=dev)}
-        for i in range(train_batch)
-    ]
-    labels = torch.tensor([1 - i % 2 for i in range(train_batch)], device=dev)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model, classifier = model.to(memory_format=fmt), classifier.to(memory_format=fmt)
+    items = [(torch.rand(1, size, size), {
+        "boxes_cxcywh": torch.tensor([[0.4, 0.4, 0.1, 0.1]]) if i % 2 == 0 else torch.zeros(0, 4),
+        "box_malignant": torch.ones(1 - i % 2, dtype=torch.int64), "label": torch.tensor(1 - i % 2),
+        "file_name": f"{i}.png", "orig_size_hw": torch.tensor([size, size])}) for i in range(train_batch)]
+    optim_cfg = OptimConfig(warmup_epochs=0)
+    return {
+        "torch": torch, "nn": nn, "model": model, "criterion": criterion, "classifier": classifier, "fmt": fmt,
+        "x1": torch.rand(infer_batch, 1, size, size, device=dev).contiguous(memory_format=fmt),
+        "batch": collate_skipping(items, max_targets=3),
+        "labels": torch.tensor([1 - i % 2 for i in range(train_batch)], device=dev),
+        "opt_full": build_optimizer(model, optim_cfg), "opt_cls": build_optimizer(classifier, optim_cfg),
+        "sched": build_scheduler(build_optimizer(model, optim_cfg), optim_cfg, 10**6, 1000),
+    }
 
+
+def _full_step(s: dict, dev, precision: str, channels_last: bool):
+    """One optimizer step of the full model through the trainer's own loop (losses, clipping, checks)."""
+    from mammodetr.training.distributed import DistInfo
+    from mammodetr.training.engine import train_one_epoch
+
+    torch = s["torch"]
+    scaler = torch.amp.GradScaler(dev.type, enabled=False)
+    images, targets, _ = s["batch"]
+    loader = [(images.to(dev), targets, [])]
+
+    def step():
+        train_one_epoch(s["model"], s["criterion"], loader, s["opt_full"], s["sched"], scaler, device=dev, epoch=0,
+                        accum_steps=1, grad_clip=0.1, precision=precision, channels_last=channels_last,
+                        info=DistInfo())
+
+    return step
+
+
+def _classifier_step(s: dict, dev, precision: str, channels_last: bool):
+    from mammodetr.inference.device import autocast
+
+    nn, classifier, opt = s["nn"], s["classifier"], s["opt_cls"]
+    x2n = s["model"].normalize(s["batch"][0].to(dev)).contiguous(memory_format=s["fmt"])
+
+    def step():
+        classifier.train()
+        with autocast(dev, precision):
+            loss = nn.functional.cross_entropy(classifier(x2n).float(), s["labels"])
+        loss.backward()
+        nn.utils.clip_grad_norm_(classifier.parameters(), 0.1)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _count_syncs(step, dev) -> dict:
+    from mammodetr.training.host_syncs import count_cuda_syncs, count_host_syncs
+
+    if dev.type == "cuda":
+        return {"total": count_cuda_syncs(step)[1], "how": "torch.cuda.set_sync_debug_mode('warn')"}
+    return {**count_host_syncs(step)[1].as_dict(), "how": "CPU profiler + TorchFunctionMode"}
+
+
+def measure_one(backbone: str, precision: str, size: int, iters: int, warmup: int, threads: int,
+                device: str = "cpu", infer_batch: int = 1, train_batch: int = 2, channels_last: bool = False) -> dict:
+    import torch
+
+    from mammodetr.inference.device import autocast
+
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    s = _setup(backbone, size, dev, channels_last, infer_batch, train_batch)
+    model = s["model"]
+    x1n = model.normalize(s["x1"]).contiguous(memory_format=s["fmt"])
     model.eval()
     with torch.inference_mode():
         def run_backbone():
-            with amp():
-                backbone_mod(x1n)
+            with autocast(dev, precision):
+                model.backbone(x1n)
 
         def run_full():
-            with amp():
-                model(x1)
+            with autocast(dev, precision):
+                model(s["x1"])
 
         t_backbone, t_full, infer_ratio = _timed_pair(run_backbone, run_full, iters, warmup, sync)
 
-    model.train()
-    opt_full = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    opt_cls = torch.optim.AdamW(classifier.parameters(), lr=1e-5)
-
-    def step_full():
-        with amp():
-            loss = criterion(model(x2), targets)["loss"]
-        opt_full.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_full.step()
-
-    def step_cls():
-        with amp():
-            loss = nn.functional.cross_entropy(classifier(x2n).float(), labels)
-        opt_cls.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_cls.step()
-
-    t_train_cls, t_train_full, train_ratio = _timed_pair(step_cls, step_full, iters, warmup, sync)
-    n_backbone = sum(p.numel() for p in backbone_mod.parameters())
-    n_total = sum(p.numel() for p in model.parameters())
-    return {
-        "backbone": backbone,
-        "precision": precision,
-        "size": size,
-        "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
-        "threads": threads,
-        "infer_batch": infer_batch,
-        "train_batch": train_batch,
-        "train_images_per_s": train_batch / t_train_full,
+    step_full = _full_step(s, dev, precision, channels_last)
+    t_train_cls, t_train_full, train_ratio = _timed_pair(_classifier_step(s, dev, precision, channels_last),
+                                                         step_full, iters, warmup, sync)
+    row = {"backbone": backbone, "precision": precision, "channels_last": channels_last, "size": size,
+           "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "threads": threads,
+           "infer_batch": infer_batch, "train_batch": train_batch, "train_images_per_s": train_batch / t_train_full}
+    if precision != "fp32":
+        # the same model and batch in fp32, alternated with this precision: the speed-up of autocast itself
+        t32, t16, ratio = _timed_pair(step_full, _full_step(s, dev, "fp32", channels_last), iters, 0, sync)
+        row.update({"train_full_fp32_s": t16, "speedup_vs_fp32": ratio})
+    n_backbone = sum(p.numel() for p in model.backbone.parameters())
+    row.update({
         "params_backbone_m": n_backbone / 1e6,
-        "params_heads_m": (n_total - n_backbone) / 1e6,
-        "infer_backbone_s": t_backbone,
-        "infer_full_s": t_full,
-        "infer_ratio": infer_ratio,
-        "train_classifier_s": t_train_cls,
-        "train_full_s": t_train_full,
-        "train_ratio": train_ratio,
+        "params_heads_m": (sum(p.numel() for p in model.parameters()) - n_backbone) / 1e6,
+        "infer_backbone_s": t_backbone, "infer_full_s": t_full, "infer_ratio": infer_ratio,
+        "train_classifier_s": t_train_cls, "train_full_s": t_train_full, "train_ratio": train_ratio,
+        "heads_share": 1 - 1 / train_ratio,
+        "host_syncs_per_step": _count_syncs(step_full, dev),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None,
-    }
+    })
+    return row
 
 
 def main() -> int:

@@ -27,7 +27,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         }
         for (is_backbone, decay), params in sorted(groups.items())
     ]
-    return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # On CUDA the fused kernel updates every tensor in a few launches and keeps ``step`` on the device.
+    fused = all(p.device.type == "cuda" for group in param_groups for p in group["params"]) or None
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def lr_factor(step: int, cfg: OptimConfig, steps_per_epoch: int, total_epochs: int) -> float:

@@ -38,6 +38,7 @@ from mammodetr.training.distributed import (
 from mammodetr.training.engine import NonFiniteLossError, predict_loader, train_one_epoch
 from mammodetr.training.loader import EpochSampler, build_loader
 from mammodetr.training.optim import build_optimizer, build_scheduler
+from mammodetr.training.precision import fp32_math
 from mammodetr.training.rng import rng_state, seed_everything, set_rng_state
 
 __all__ = ["TrainState", "train", "monitor_score", "format_summary"]
@@ -159,6 +160,7 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     train_model: torch.nn.Module = None
+    train_criterion: torch.nn.Module = None
     predictor: Predictor = None
     logger: RunLogger = None
 
@@ -173,7 +175,8 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> dic
     cfg.validate()
     info, device = init_distributed(cfg.train.device)
     try:
-        return _train(cfg, info, device, resume=resume, progress=progress)
+        with fp32_math(device, tf32=cfg.train.tf32):
+            return _train(cfg, info, device, resume=resume, progress=progress)
     finally:
         cleanup(info)
 
@@ -217,7 +220,7 @@ def _setup(cfg: RunConfig, info: DistInfo, device: torch.device, resume: bool) -
     seed_everything(t.seed)
     pin = device.type == "cuda"
     loader_args = dict(batch_size=micro, seed=t.seed, workers=data.workers, rank=info.rank,
-                       world_size=info.world_size, pin_memory=pin)
+                       world_size=info.world_size, pin_memory=pin, max_targets=cfg.loss.max_targets)
     drop_last = len(train_ds) > micro * info.world_size
     train_loader, train_sampler = build_loader(train_ds, shuffle=True, drop_last=drop_last, **loader_args)
     val_loader, _ = build_loader(val_ds, shuffle=False, drop_last=False, **loader_args)
@@ -262,7 +265,10 @@ def _wrap_for_training(run: _Run) -> None:
     if run.info.enabled:
         ids = [run.device.index] if run.device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    # The criterion is compiled too: matching and the losses of every layer are small ops, where fusing
+    # them is most of the gain.
     run.train_model = torch.compile(model) if run.cfg.train.compile else model
+    run.train_criterion = torch.compile(run.criterion) if run.cfg.train.compile else run.criterion
     run.predictor = Predictor(run.model, run.cfg, device=run.device, precision=run.cfg.train.precision,
                               batch_size=run.micro, channels_last=run.cfg.train.channels_last)
     run.logger = RunLogger(run.out, run.info.is_main, run.cfg.train.tensorboard)
@@ -296,10 +302,10 @@ def _train_epoch(run: _Run, state: TrainState, epoch: int, progress: bool) -> di
     bar = _progress(len(run.train_loader), f"epoch {epoch + 1}/{t.epochs}", progress and run.info.is_main)
     try:
         return train_one_epoch(
-            run.train_model, run.criterion, run.train_loader, run.optimizer, run.scheduler, run.scaler,
+            run.train_model, run.train_criterion, run.train_loader, run.optimizer, run.scheduler, run.scaler,
             device=run.device, epoch=epoch, accum_steps=t.accum_steps, grad_clip=run.cfg.optim.grad_clip,
             precision=t.precision, channels_last=t.channels_last, info=run.info, max_steps=t.max_steps_per_epoch,
-            progress=bar, on_bad_samples=run.logger.bad_samples, position=state.position,
+            progress=bar, on_bad_samples=run.logger.bad_samples, position=state.position, log_every=t.log_every,
         )
     finally:
         bar.close()
