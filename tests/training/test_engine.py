@@ -134,3 +134,30 @@ def test_non_finite_gradient_with_a_finite_loss_also_stops():
     with pytest.raises(NonFiniteLossError, match="non-finite gradient norm"):
         setup.epoch([_batch(0)])
     assert all(torch.equal(v, _weights(setup.model)[k]) for k, v in before.items())
+
+
+def test_model_and_criterion_compile_without_graph_breaks():
+    """``--compile`` compiles both; a graph break in the heads or losses would bring syncs and launches back."""
+    from mammodetr.training.engine import to_model_targets
+
+    setup = _Setup()
+    images, targets, _ = _batch(3)
+    padded = to_model_targets(targets, torch.device("cpu"))
+    for fn, args in ((setup.model, (images,)), (setup.criterion, (setup.model(images), padded))):
+        explained = torch._dynamo.explain(fn)(*args)
+        assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    # fullgraph=True fails on any break; aot_eager traces forward and backward without a C++ compiler
+    compiled = torch.compile(setup.criterion, backend="aot_eager", fullgraph=True)
+    torch._dynamo.reset()
+    outputs = setup.model(images)
+    want, got = setup.criterion(outputs, padded), compiled(outputs, padded)
+    assert list(got) == list(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], msg=k)
+    params = [p for p in setup.model.parameters() if p.requires_grad]
+    g_want = torch.autograd.grad(want["loss"], params, retain_graph=True, allow_unused=True)
+    g_got = torch.autograd.grad(got["loss"], params, allow_unused=True)
+    for a, b in zip(g_want, g_got):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
