@@ -1,14 +1,21 @@
-"""Model speed and memory on this CPU: backbone-only vs full multi-task DETR, inference and training.
+"""Model speed and memory: backbone-only vs full multi-task DETR, inference and training, and the step's host syncs.
 
-For each backbone at 512x512 (batch 1 for inference, batch 2 for a training step), fp32 and bf16 autocast:
+For each backbone at 512x512 (batch 1 for inference, batch 2 for a training step), fp32 and bf16 autocast, in the
+chosen memory format(s) (default channels-last, the fast path of the CPU's oneDNN convolutions):
   - backbone-only latency, full-model latency and their ratio (target <= 1.10), measured alternately so
     that load changes on a shared machine affect both; ratios are medians of per-round ratios;
-  - training step of the full model (DETR losses) vs backbone + GAP + linear classifier (target <= 1.25);
-  - parameter counts and peak resident memory.
-Each (backbone, precision) runs in its own subprocess so peak memory is that configuration's alone.
+  - the full model's training step (the trainer's own ``train_one_epoch``: DETR losses, clipping, the
+    finiteness check, AdamW) vs backbone + GAP + linear classifier; the heads' share = (full - classifier) / full
+    (target <= 10 % on the CPU);
+  - host syncs per training step (target <= 2): on the CPU, scalar reads / data-dependent shapes / host copies in
+    a profiler trace (mammodetr.training.host_syncs); on CUDA, what ``torch.cuda.set_sync_debug_mode`` reports;
+  - bf16 rows: the fp32 step of the same model and memory format, alternated in the same process (speed-up);
+  - parameter counts and peak resident memory;
+  - once: the matcher of 6 layers x batch 32, exact on-device enumeration vs scipy (target <= 1 ms on the CPU).
+Each (backbone, precision, format) runs in its own subprocess so peak memory is that configuration's alone.
 
-    python bench/model_speed.py                       # all backbones, fp32 + bf16, 2 threads
-    python bench/model_speed.py --backbones resnet50 --precisions bf16 --iters 3
+    python bench/model_speed.py                       # all backbones, fp32 + bf16, channels-last, 2 threads
+    python bench/model_speed.py --backbones resnet50 --precisions fp32 bf16 --memory-formats contiguous channels_last
 
 Prints a table and writes bench/results/model_speed.json.
 """
@@ -45,25 +52,28 @@ def _timed_pair(fn_a, fn_b, iters: int, warmup: int, sync=lambda: None) -> tuple
     return statistics.median(ta), statistics.median(tb), statistics.median(b / a for a, b in zip(ta, tb))
 
 
-def _time_matcher(layers: int, batch: int, iters: int, threads: int) -> float:
-    """Median seconds of one batched match of every decoder layer (K = 3 queries, 0-3 targets per image)."""
+def _matcher_row(args, layers: int = 6, batch: int = 32) -> dict:
+    """Median ms of one match of every decoder layer at once (K = 3 queries, 0-3 targets per image): the exact
+    on-device enumeration vs the scipy solve per image and layer, alternated. Runs in this process (no model)."""
+    if not args.matcher_iters:
+        return {}
     import torch
 
     from mammodetr import HungarianMatcher
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
-    boxes, logits = torch.rand(layers, batch, 3, 4, generator=g) * 0.5 + 0.2, torch.randn(layers, batch, 3, generator=g)
-    tgt = torch.rand(batch, 3, 4, generator=g) * 0.5 + 0.2
-    mask = torch.arange(3)[None] < torch.randint(0, 4, (batch, 1), generator=g)
-    matcher = HungarianMatcher()
-    times = []
-    for i in range(iters + 20):
-        t = time.perf_counter()
-        matcher.match(boxes, logits, tgt, mask)
-        if i >= 20:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    boxes = (torch.rand(layers, batch, 3, 4, generator=g) * 0.5 + 0.2).to(dev)
+    logits = torch.randn(layers, batch, 3, generator=g).to(dev)
+    tgt = (torch.rand(batch, 3, 4, generator=g) * 0.5 + 0.2).to(dev)
+    mask = (torch.arange(3)[None] < torch.randint(0, 4, (batch, 1), generator=g)).to(dev)
+    exact, scipy = HungarianMatcher(), HungarianMatcher(exact_max_queries=0)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    t_exact, t_scipy, _ = _timed_pair(lambda: exact.match(boxes, logits, tgt, mask),
+                                      lambda: scipy.match(boxes, logits, tgt, mask), args.matcher_iters, 20, sync)
+    return {"layers": layers, "batch": batch, "device": args.device, "exact_ms": t_exact * 1e3,
+            "scipy_ms": t_scipy * 1e3}
 
 
 def _setup(backbone: str, size: int, dev, channels_last: bool, infer_batch: int, train_batch: int):
@@ -185,8 +195,8 @@ def measure_one(backbone: str, precision: str, size: int, iters: int, warmup: in
            "infer_batch": infer_batch, "train_batch": train_batch, "train_images_per_s": train_batch / t_train_full}
     if precision != "fp32":
         # the same model and batch in fp32, alternated with this precision: the speed-up of autocast itself
-        t32, t16, ratio = _timed_pair(step_full, _full_step(s, dev, "fp32", channels_last), iters, 0, sync)
-        row.update({"train_full_fp32_s": t16, "speedup_vs_fp32": ratio})
+        _, t_fp32, ratio = _timed_pair(step_full, _full_step(s, dev, "fp32", channels_last), iters, 1, sync)
+        row.update({"train_full_fp32_s": t_fp32, "speedup_vs_fp32": ratio})
     n_backbone = sum(p.numel() for p in model.backbone.parameters())
     row.update({
         "params_backbone_m": n_backbone / 1e6,
@@ -201,10 +211,55 @@ def measure_one(backbone: str, precision: str, size: int, iters: int, warmup: in
     return row
 
 
+def _configs(args) -> list[tuple[str, str, bool]]:
+    return [(b, p, f == "channels_last") for b in args.backbones for f in args.memory_formats for p in args.precisions]
+
+
+def _child(args, backbone: str, precision: str, channels_last: bool) -> dict:
+    """One configuration in its own process, so peak memory is that configuration's alone."""
+    cmd = [sys.executable, __file__, "--one", "--backbones", backbone, "--precisions", precision,
+           "--memory-formats", "channels_last" if channels_last else "contiguous",
+           "--size", str(args.size), "--iters", str(args.iters), "--warmup", str(args.warmup),
+           "--threads", str(args.threads), "--device", args.device, "--infer-batch", str(args.infer_batch),
+           "--train-batch", str(args.train_batch)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"{backbone} {precision}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return {"backbone": backbone, "precision": precision, "channels_last": channels_last,
+                "error": proc.stderr[-500:]}
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"  done {backbone:16s} {precision} {'CL' if channels_last else 'NCHW'}: heads share "
+          f"{r['heads_share']:.1%}, syncs/step {r['host_syncs_per_step']['total']}", file=sys.stderr)
+    return r
+
+
+def _print_table(rows: list[dict], matcher: dict) -> None:
+    header = (f"{'backbone':16s} {'prec':5s} {'fmt':4s} {'bb infer s':>10s} {'full infer s':>12s} {'ratio':>6s} "
+              f"{'cls step s':>10s} {'full step s':>11s} {'heads':>6s} {'syncs':>5s} {'vs fp32':>7s} "
+              f"{'img/s':>6s} {'peak MB':>8s}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        fmt = "CL" if r["channels_last"] else "NCHW"
+        if "error" in r:
+            print(f"{r['backbone']:16s} {r['precision']:5s} {fmt:4s} ERROR")
+            continue
+        speedup = f"{r['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in r else "-"
+        print(f"{r['backbone']:16s} {r['precision']:5s} {fmt:4s} {r['infer_backbone_s']:10.3f} "
+              f"{r['infer_full_s']:12.3f} {r['infer_ratio']:6.3f} {r['train_classifier_s']:10.3f} "
+              f"{r['train_full_s']:11.3f} {r['heads_share']:6.1%} {r['host_syncs_per_step']['total']:5d} "
+              f"{speedup:>7s} {r['train_images_per_s']:6.2f} {(r['peak_gpu_mb'] or r['peak_rss_mb']):8.0f}")
+    if matcher:
+        print(f"matcher, {matcher['layers']} layers x batch {matcher['batch']} (K = 3, 0-3 targets): exact "
+              f"{matcher['exact_ms']:.3f} ms, scipy per image and layer {matcher['scipy_ms']:.3f} ms")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbones", nargs="+", default=BACKBONES)
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--memory-formats", nargs="+", default=["channels_last"], choices=["contiguous", "channels_last"],
+                   help="model and input memory format(s); channels-last is the fast path of the CPU's oneDNN")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -212,52 +267,28 @@ def main() -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--infer-batch", type=int, default=1)
     p.add_argument("--train-batch", type=int, default=2)
+    p.add_argument("--matcher-iters", type=int, default=200, help="0 skips the matcher timing")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "model_speed.json"))
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.one:  # child process: one configuration, JSON on stdout
         print(json.dumps(measure_one(args.backbones[0], args.precisions[0], args.size, args.iters, args.warmup,
-                                     args.threads, args.device, args.infer_batch, args.train_batch)))
+                                     args.threads, args.device, args.infer_batch, args.train_batch,
+                                     args.memory_formats[0] == "channels_last")))
         return 0
 
-    rows = []
-    for backbone in args.backbones:
-        for precision in args.precisions:
-            cmd = [sys.executable, __file__, "--one", "--backbones", backbone, "--precisions", precision,
-                   "--size", str(args.size), "--iters", str(args.iters), "--warmup", str(args.warmup),
-                   "--threads", str(args.threads), "--device", args.device, "--infer-batch", str(args.infer_batch),
-                   "--train-batch", str(args.train_batch)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(f"{backbone} {precision}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
-                rows.append({"backbone": backbone, "precision": precision, "error": proc.stderr[-500:]})
-                continue
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            r = rows[-1]
-            print(f"  done {backbone:16s} {precision}: full/backbone {r['infer_ratio']:.3f}, "
-                  f"train {r['train_ratio']:.3f}", file=sys.stderr)
-
-    header = (f"{'backbone':16s} {'prec':5s} {'params bb/heads (M)':>19s} {'bb infer s':>10s} {'full infer s':>12s} "
-              f"{'ratio':>6s} {'cls step s':>10s} {'full step s':>11s} {'ratio':>6s} "
-              f"{'train img/s':>11s} {'peak MB':>8s}")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        if "error" in r:
-            print(f"{r['backbone']:16s} {r['precision']:5s} ERROR")
-            continue
-        print(f"{r['backbone']:16s} {r['precision']:5s} {r['params_backbone_m']:9.1f}/{r['params_heads_m']:<9.2f} "
-              f"{r['infer_backbone_s']:10.3f} {r['infer_full_s']:12.3f} {r['infer_ratio']:6.3f} "
-              f"{r['train_classifier_s']:10.3f} {r['train_full_s']:11.3f} {r['train_ratio']:6.3f} "
-              f"{r['train_images_per_s']:11.1f} {(r['peak_gpu_mb'] or r['peak_rss_mb']):8.0f}")
+    matcher = _matcher_row(args)
+    rows = [_child(args, *config) for config in _configs(args)]
+    _print_table(rows, matcher)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"command": " ".join(["python", "bench/model_speed.py", *sys.argv[1:]]),
             "machine": platform.processor() or platform.machine(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "targets": {"infer_ratio": 1.10, "train_ratio": 1.25}}
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n", encoding="utf-8")
+            "targets": {"infer_ratio": 1.10, "heads_share": 0.10, "host_syncs_per_step": 2, "matcher_ms": 1.0,
+                        "resnet50_bf16_speedup_vs_fp32": 1.5}}
+    out.write_text(json.dumps({"meta": meta, "matcher": matcher, "rows": rows}, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
     return 0
 

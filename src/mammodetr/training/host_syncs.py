@@ -12,8 +12,9 @@ GPU, without a GPU:
   from the moves to the model's device that a GPU run makes without waiting.)
 
 Excluded: reads of the optimizer's ``step`` counters inside ``optimizer.step`` (AdamW reads one per parameter
-tensor). PyTorch keeps those counters on the host unless the optimizer is fused or capturable (and on CUDA we
-use the fused one), so they never wait on a device. They are reported separately.
+tensor). Those counters live on the host (the for-loop AdamW; the fused kernel on a CPU reads its CPU-tensor
+counters), so they never wait on a device; on CUDA the fused AdamW keeps them on the GPU and reads nothing. They
+are reported separately.
 
 On CUDA, :func:`count_cuda_syncs` counts the synchronisations the CUDA runtime itself reports
 (``torch.cuda.set_sync_debug_mode("warn")``).
