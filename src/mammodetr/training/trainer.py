@@ -227,6 +227,9 @@ def _setup(cfg: RunConfig, info: DistInfo, device: torch.device, resume: bool) -
     model = build_model(cfg.model).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    elif t.precision == "bf16" and device.type == "cpu" and info.is_main:
+        log.warning("bf16 on a CPU without --channels-last: oneDNN reorders every convolution's input and output "
+                    "between memory layouts, which costs most of what bf16 gains; add --channels-last")
     criterion = build_criterion(cfg.loss, num_aux=cfg.model.dec_layers - 1 if cfg.model.aux_loss else 0)
     optimizer = build_optimizer(model, cfg.optim)
     steps = math.ceil(len(train_loader) / t.accum_steps)
