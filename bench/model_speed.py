@@ -127,7 +127,9 @@ def _full_step(s: dict, dev, precision: str, channels_last: bool):
     torch = s["torch"]
     scaler = torch.amp.GradScaler(dev.type, enabled=False)
     images, targets, _ = s["batch"]
-    loader = [(images.to(dev), targets, [])]
+    if dev.type == "cuda":  # pinned, as the trainer's loader gives them, so their copy in the step does not wait
+        targets = {**targets, "packed": targets["packed"].pin_memory()}
+    loader = [(images.to(dev), targets, [])]  # images already there, as for the classifier step
 
     def step():
         train_one_epoch(s["model"], s["criterion"], loader, s["opt_full"], s["sched"], scaler, device=dev, epoch=0,
