@@ -168,7 +168,18 @@ def _count_syncs(step, dev) -> dict:
 
 
 def measure_one(backbone: str, precision: str, size: int, iters: int, warmup: int, threads: int,
-                device: str = "cpu", infer_batch: int = 1, train_batch: int = 2, channels_last: bool = False) -> dict:
+                device: str = "cpu", infer_batch: int = 1, train_batch: int = 2, channels_last: bool = False,
+                keep_host_memory: bool = True) -> dict:
+    """One configuration's row. On a CPU, freed memory stays in the process as in the trainer (unless told)."""
+    from mammodetr.training.host_memory import keep_freed_memory
+
+    with keep_freed_memory(keep_host_memory and device == "cpu") as kept:
+        row = _measure(backbone, precision, size, iters, warmup, threads, device, infer_batch, train_batch,
+                       channels_last)
+    return {**row, "keep_host_memory": kept}
+
+
+def _measure(backbone, precision, size, iters, warmup, threads, device, infer_batch, train_batch, channels_last):
     import torch
 
     from mammodetr.inference.device import autocast
@@ -226,7 +237,7 @@ def _child(args, backbone: str, precision: str, channels_last: bool) -> dict:
            "--memory-formats", "channels_last" if channels_last else "contiguous",
            "--size", str(args.size), "--iters", str(args.iters), "--warmup", str(args.warmup),
            "--threads", str(args.threads), "--device", args.device, "--infer-batch", str(args.infer_batch),
-           "--train-batch", str(args.train_batch)]
+           "--train-batch", str(args.train_batch)] + (["--release-host-memory"] if args.release_host_memory else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         print(f"{backbone} {precision}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -273,6 +284,8 @@ def main() -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--infer-batch", type=int, default=1)
     p.add_argument("--train-batch", type=int, default=2)
+    p.add_argument("--release-host-memory", action="store_true",
+                   help="let freed memory go back to the OS after every step (glibc's default; the trainer keeps it)")
     p.add_argument("--matcher-iters", type=int, default=200, help="0 skips the matcher timing")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "model_speed.json"))
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -281,7 +294,7 @@ def main() -> int:
     if args.one:  # child process: one configuration, JSON on stdout
         print(json.dumps(measure_one(args.backbones[0], args.precisions[0], args.size, args.iters, args.warmup,
                                      args.threads, args.device, args.infer_batch, args.train_batch,
-                                     args.memory_formats[0] == "channels_last")))
+                                     args.memory_formats[0] == "channels_last", not args.release_host_memory)))
         return 0
 
     matcher = _matcher_row(args)

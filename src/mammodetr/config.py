@@ -97,6 +97,9 @@ class TrainConfig:
         tensorboard: also write TensorBoard event files.
         max_steps_per_epoch: cap the steps of an epoch (smoke runs); 0 = no cap.
         log_every: refresh the progress bar's loss every N optimizer steps (reading it waits for the GPU).
+        keep_host_memory: on a CPU (Linux, glibc), keep memory freed during training in the process instead of
+            returning it to the OS after every step: re-faulting it cost 10-25 % of a 512 px step. The process
+            stays at its peak memory while training.
     """
 
     out: str = "runs/train"
@@ -115,6 +118,7 @@ class TrainConfig:
     tensorboard: bool = False
     max_steps_per_epoch: int = 0
     log_every: int = 20
+    keep_host_memory: bool = True
 
 
 @dataclass

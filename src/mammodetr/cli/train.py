@@ -49,6 +49,7 @@ FLAGS: dict[str, str] = {
     "--num-queries": "model.num_queries",
     "--max-steps-per-epoch": "train.max_steps_per_epoch",
     "--log-every": "train.log_every",
+    "--keep-host-memory": "train.keep_host_memory",
 }
 
 

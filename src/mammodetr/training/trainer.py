@@ -36,6 +36,7 @@ from mammodetr.training.distributed import (
     init_distributed,
 )
 from mammodetr.training.engine import NonFiniteLossError, predict_loader, train_one_epoch
+from mammodetr.training.host_memory import keep_freed_memory
 from mammodetr.training.loader import EpochSampler, build_loader
 from mammodetr.training.optim import build_optimizer, build_scheduler
 from mammodetr.training.precision import fp32_math
@@ -175,7 +176,8 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> dic
     cfg.validate()
     info, device = init_distributed(cfg.train.device)
     try:
-        with fp32_math(device, tf32=cfg.train.tf32):
+        keep = cfg.train.keep_host_memory and device.type == "cpu"
+        with fp32_math(device, tf32=cfg.train.tf32), keep_freed_memory(keep):
             return _train(cfg, info, device, resume=resume, progress=progress)
     finally:
         cleanup(info)
