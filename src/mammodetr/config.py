@@ -89,11 +89,17 @@ class TrainConfig:
         eval_every: validate every N epochs.
         precision: "fp32", "bf16" (CUDA or CPU autocast) or "fp16" (CUDA, with a grad scaler).
         channels_last: channels-last memory format (faster convolutions on GPUs and AMX CPUs).
-        compile: ``torch.compile`` the model.
+        compile: ``torch.compile`` the model and the criterion.
+        tf32: on CUDA, let float32 matrix products use TF32 tensor cores (as cuDNN convolutions already do):
+            several times faster on Ampere and later GPUs, 10-bit mantissa in the products.
         seed: global seed; two CPU runs with the same seed give identical weights.
         device: "auto" (CUDA when available), "cpu" or "cuda".
         tensorboard: also write TensorBoard event files.
         max_steps_per_epoch: cap the steps of an epoch (smoke runs); 0 = no cap.
+        log_every: refresh the progress bar's loss every N optimizer steps (reading it waits for the GPU).
+        keep_host_memory: on a CPU (Linux, glibc), keep memory freed during training in the process instead of
+            returning it to the OS after every step: re-faulting it cost 10-25 % of a 512 px step. The process
+            stays at its peak memory while training.
     """
 
     out: str = "runs/train"
@@ -106,10 +112,13 @@ class TrainConfig:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    tf32: bool = True
     seed: int = 0
     device: str = "auto"
     tensorboard: bool = False
     max_steps_per_epoch: int = 0
+    log_every: int = 20
+    keep_host_memory: bool = True
 
 
 @dataclass
@@ -140,6 +149,8 @@ class RunConfig:
         if t.batch_size < 1 or t.accum_steps < 1 or t.batch_size % t.accum_steps:
             raise ValueError(f"train.batch_size ({t.batch_size}) must be a positive multiple of "
                              f"train.accum_steps ({t.accum_steps})")
+        if t.log_every < 1:
+            raise ValueError(f"train.log_every must be at least 1, got {t.log_every}")
         if self.optim.schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"optim.schedule must be cosine, step or constant, got {self.optim.schedule!r}")
         if self.data.image_size < 32:

@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+SRC = Path(__file__).resolve().parents[2] / "src"  # the code under test, not whichever copy is installed
 PAPER = ["resnet50", "convnextv2_tiny", "mambavision_t", "dinov3_vitb16"]
 
 
 def _resolved(recipe: str, tmp_path) -> dict:
     out = subprocess.run(
         ["bash", str(RECIPES / f"{recipe}.sh"), str(tmp_path / "data"), str(tmp_path / "run"), "--print-config"],
-        capture_output=True, text=True, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}, check=True,
+        capture_output=True, text=True, check=True,
+        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)},
     )
     return json.loads(out.stdout)
 

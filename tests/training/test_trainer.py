@@ -177,3 +177,10 @@ def test_bf16_autocast_and_accumulation_on_cpu(tiny_dataset, tmp_path, capsys):
     assert math.isfinite(two["train_loss"]) and two["val_loss"] is not None
     assert cli(["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "x"), "--precision", "fp8"]) == 2
     assert "train.precision must be fp32, bf16 or fp16" in capsys.readouterr().err
+
+
+def test_bf16_on_a_cpu_without_channels_last_says_what_is_faster(tiny_dataset, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="mammodetr.train"):
+        assert _train(tiny_dataset, tmp_path / "r", "--epochs", "1", "--max-steps-per-epoch", "1",
+                      "--precision", "bf16") == 0
+    assert "bf16 on a CPU without --channels-last" in caplog.text

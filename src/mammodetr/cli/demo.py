@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         "data": {"path": str(data), "image_size": args.image_size, "augment": "light", "workers": args.workers},
         "optim": {"lr": 1e-3, "backbone_lr_mult": 1.0, "warmup_epochs": 1, "grad_clip": 1.0},
         "train": {"out": str(run_dir), "epochs": args.epochs, "batch_size": args.batch_size, "patience": args.epochs,
-                  "precision": args.precision, "seed": args.seed, "device": "auto"},
+                  "precision": args.precision, "channels_last": True, "seed": args.seed,
+                  "device": "auto"},
     })
     summary = train(cfg, progress=not args.no_progress)
     print(format_summary(summary))

@@ -41,12 +41,15 @@ FLAGS: dict[str, str] = {
     "--precision": "train.precision",
     "--channels-last": "train.channels_last",
     "--compile": "train.compile",
+    "--tf32": "train.tf32",
     "--tensorboard": "train.tensorboard",
     "--seed": "train.seed",
     "--device": "train.device",
     "--feature-levels": "model.feature_levels",
     "--num-queries": "model.num_queries",
     "--max-steps-per-epoch": "train.max_steps_per_epoch",
+    "--log-every": "train.log_every",
+    "--keep-host-memory": "train.keep_host_memory",
 }
 
 

@@ -38,19 +38,23 @@ def generalized_box_iou(boxes1_xyxy: Tensor, boxes2_xyxy: Tensor) -> Tensor:
 
 
 def elementwise_generalized_box_iou(boxes1_xyxy: Tensor, boxes2_xyxy: Tensor) -> Tensor:
-    """GIoU of matched pairs. (N, 4), (N, 4) -> (N,). Avoids the N x N matrix of the pairwise form."""
+    """GIoU of paired boxes: (..., 4), (..., 4) -> (...), leading shapes broadcast.
+
+    Pairs only, so it avoids the N x N matrix of the pairwise form; broadcasting (L, B, K, 1, 4) against
+    (B, 1, T, 4) gives every layer's query-target matrix in one call (the batched matcher does this).
+    """
     area1 = box_area(boxes1_xyxy)
     area2 = box_area(boxes2_xyxy)
-    lt = torch.max(boxes1_xyxy[:, :2], boxes2_xyxy[:, :2])
-    rb = torch.min(boxes1_xyxy[:, 2:], boxes2_xyxy[:, 2:])
+    lt = torch.max(boxes1_xyxy[..., :2], boxes2_xyxy[..., :2])
+    rb = torch.min(boxes1_xyxy[..., 2:], boxes2_xyxy[..., 2:])
     wh = (rb - lt).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
+    inter = wh[..., 0] * wh[..., 1]
     union = area1 + area2 - inter
     iou = inter / union.clamp(min=1e-12)
-    lt_h = torch.min(boxes1_xyxy[:, :2], boxes2_xyxy[:, :2])
-    rb_h = torch.max(boxes1_xyxy[:, 2:], boxes2_xyxy[:, 2:])
+    lt_h = torch.min(boxes1_xyxy[..., :2], boxes2_xyxy[..., :2])
+    rb_h = torch.max(boxes1_xyxy[..., 2:], boxes2_xyxy[..., 2:])
     wh_h = (rb_h - lt_h).clamp(min=0)
-    hull = wh_h[:, 0] * wh_h[:, 1]
+    hull = wh_h[..., 0] * wh_h[..., 1]
     return iou - (hull - union) / hull.clamp(min=1e-12)
 
 

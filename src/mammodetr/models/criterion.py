@@ -1,4 +1,9 @@
-"""Named losses of the multi-task DETR: image-level focal loss + per-layer box L1, GIoU, objectness."""
+"""Named losses of the multi-task DETR: image-level focal loss + per-layer box L1, GIoU, objectness.
+
+Every decoder layer is matched and scored in one batched pass on the stacked (L, B, K, ...) predictions and the
+padded targets (:mod:`mammodetr.models.targets`): no loop over layers or images, and no value is read back to
+the host, so a training step does not wait on the device here.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,11 @@ from mammodetr.data.boxes import box_cxcywh_to_xyxy
 from mammodetr.models.box_ops import elementwise_generalized_box_iou
 from mammodetr.models.config import LossConfig
 from mammodetr.models.matcher import HungarianMatcher
+from mammodetr.models.targets import keep_slots, limit_targets, pad_targets, select_slots, unpack_targets
+
+__all__ = ["SetCriterion", "build_criterion", "focal_loss", "limit_targets"]
+
+DET_LOSSES = ("loss_bbox", "loss_giou", "loss_obj")
 
 
 def focal_loss(logits: Tensor, labels: Tensor, gamma: float = 2.0, alpha: float | None = None) -> Tensor:
@@ -32,26 +42,10 @@ def focal_loss(logits: Tensor, labels: Tensor, gamma: float = 2.0, alpha: float 
     return loss.mean()
 
 
-def limit_targets(boxes: Tensor, malignant: Tensor | None, max_targets: int | None) -> Tensor:
-    """Indices of the targets kept when an image has more than ``max_targets`` boxes.
-
-    Kept: malignant boxes before benign/unknown ones, then larger boxes before smaller ones (a stable,
-    documented rule; the paper states only "at most 3").
-    """
-    n = len(boxes)
-    if max_targets is None or n <= max_targets:
-        return torch.arange(n)
-    area = (boxes[:, 2] * boxes[:, 3]).float()
-    # area <= 1 for normalised boxes
-    priority = area + (2.0 * (malignant == 1).float() if malignant is not None else 0.0)
-    return torch.sort(torch.argsort(priority, descending=True, stable=True)[:max_targets]).values
-
 
 class SetCriterion(nn.Module):
     """Computes every named loss, unweighted, and ``loss``: the weighted total.
 
-    Targets: list of B dicts with ``boxes`` (N_i, 4) normalised cxcywh (N_i may be 0), ``label`` (scalar
-    int64, image class) and optionally ``box_malignant`` (N_i,) used only to choose kept targets.
     Box losses are divided by the number of target boxes over all processes (at least 1), so DDP
     gradients equal single-process gradients on the same global batch.
     """
@@ -68,62 +62,101 @@ class SetCriterion(nn.Module):
         self.config = config
         self.weight_dict = config.weight_dict(num_aux)
 
-    def select_targets(self, targets: list[dict]) -> list[dict]:
-        out = []
-        for t in targets:
-            keep = limit_targets(t["boxes"], t.get("box_malignant"), self.config.max_targets)
-            out.append({**t, "boxes": t["boxes"][keep]})
-        return out
+    def padded_targets(self, targets, device: torch.device) -> dict:
+        """Any accepted target form -> padded targets on ``device`` with at most ``max_targets`` per image."""
+        if isinstance(targets, (list, tuple)):
+            labels = torch.stack([torch.as_tensor(t["label"]) for t in targets])
+            targets = pad_targets([t["boxes"] for t in targets], labels, [t.get("box_malignant") for t in targets],
+                                  self.config.max_targets)
+        elif "packed" in targets:
+            targets = unpack_targets(targets["packed"].to(device, non_blocking=True))
+        targets = {k: v.to(device, non_blocking=True) for k, v in targets.items() if isinstance(v, torch.Tensor)}
+        max_targets = self.config.max_targets
+        if max_targets is not None and targets["boxes"].shape[1] > max_targets:
+            keep = keep_slots(targets["boxes"], targets["mask"], targets.get("box_malignant"), max_targets)
+            targets = select_slots(targets, keep)
+        return targets
 
     def loss_cls(self, logits: Tensor, labels: Tensor) -> Tensor:
         gamma = self.config.focal_gamma if self.config.cls_loss == "focal" else 0.0
         alpha = self.config.focal_alpha if self.config.cls_loss == "focal" else None
         return focal_loss(logits, labels, gamma=gamma, alpha=alpha)
 
-    def loss_det(self, outputs: dict, targets: list[dict], num_boxes: float) -> dict[str, Tensor]:
-        indices = self.matcher(outputs, targets)
-        obj_logits = outputs["pred_obj_logits"].float()
-        obj_target = torch.zeros_like(obj_logits)
-        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
-        src_idx = torch.cat([src for src, _ in indices])
-        obj_target[batch_idx, src_idx] = 1.0
+    def num_boxes(self, mask: Tensor) -> Tensor:
+        """Target boxes per process, averaged over processes, at least 1: a device scalar (no host read)."""
+        num_boxes = mask.sum().float()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(num_boxes)
+            num_boxes = num_boxes / dist.get_world_size()
+        return num_boxes.clamp(min=1.0)
+
+    def loss_det(self, boxes: Tensor, obj_logits: Tensor, targets: dict, num_boxes: Tensor) -> dict[str, Tensor]:
+        """Box L1, GIoU and objectness losses of every layer.
+
+        Args:
+            boxes: (L, B, K, 4) normalised cxcywh; obj_logits: (L, B, K); targets: padded, on the device.
+
+        Returns:
+            ``loss_bbox``, ``loss_giou``, ``loss_obj``, each (L,).
+        """
+        L, B, K = obj_logits.shape
+        query = self.matcher.match(boxes, obj_logits, targets["boxes"], targets["mask"])  # (L, B, T), -1 = none
+        matched = query >= 0
+        pred = boxes.gather(2, query.clamp(min=0)[..., None].expand(-1, -1, -1, 4))  # (L, B, T, 4)
+        tgt = targets["boxes"].float().expand_as(pred)
+        # With no target these sums are 0 but still connected to the graph. where(): padded slots add nothing.
+        l1 = torch.where(matched, (pred - tgt).abs().sum(-1), 0.0)
+        giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(tgt))
+        loss_giou = torch.where(matched, 1 - giou, 0.0)
+        obj_target = (query[..., None] == torch.arange(K, device=query.device)).any(-2).to(obj_logits.dtype)
         if self.config.obj_loss == "bce":
-            obj = F.binary_cross_entropy_with_logits(obj_logits, obj_target, reduction="sum")
+            obj = F.binary_cross_entropy_with_logits(obj_logits, obj_target, reduction="none")
         else:
             from torchvision.ops import sigmoid_focal_loss
 
-            obj = sigmoid_focal_loss(obj_logits, obj_target, alpha=0.25, gamma=2.0, reduction="sum")
-        obj = obj / (num_boxes if self.config.obj_normalization == "boxes" else obj_logits.numel())
-        pred = outputs["pred_boxes"][batch_idx, src_idx].float()
-        tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(pred)
-        # With no target in the batch these sums are 0 but still connected to the graph.
-        loss_bbox = F.l1_loss(pred, tgt, reduction="sum") / num_boxes
-        giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(tgt))
-        loss_giou = (1 - giou).sum() / num_boxes
-        return {"loss_bbox": loss_bbox, "loss_giou": loss_giou, "loss_obj": obj}
+            obj = sigmoid_focal_loss(obj_logits, obj_target, alpha=0.25, gamma=2.0, reduction="none")
+        obj_norm = num_boxes if self.config.obj_normalization == "boxes" else B * K
+        return {"loss_bbox": l1.sum((1, 2)) / num_boxes, "loss_giou": loss_giou.sum((1, 2)) / num_boxes,
+                "loss_obj": obj.sum((1, 2)) / obj_norm}
 
-    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+    def weighted_total(self, loss_cls: Tensor, det: dict[str, Tensor]) -> Tensor:
+        """sum of weight_dict[name] * loss over every named loss (names missing from weight_dict count 0)."""
+        total = self.weight_dict.get("loss_cls", 0.0) * loss_cls
+        for name, per_layer in det.items():
+            names = [f"{name}_{i}" for i in range(per_layer.shape[0] - 1)] + [name]
+            weights = [self.weight_dict.get(n, 0.0) for n in names]
+            if len(set(weights)) == 1:  # the usual case: one weight for every layer, one reduction
+                total = total + weights[0] * per_layer.sum()
+            else:
+                total = total + sum(w * v for w, v in zip(weights, per_layer.unbind()))
+        return total
+
+    def forward(self, outputs: dict, targets) -> dict[str, Tensor]:
         """
+        Args:
+            outputs: the model's dict (``image_logits``, ``pred_boxes``, ``pred_obj_logits``, ``aux_outputs``).
+            targets: padded targets (``boxes`` (B, T, 4) normalised cxcywh, ``mask`` (B, T), ``labels`` (B,),
+                optional ``box_malignant`` (B, T)), the loader's packed form (``packed``), or a list of B dicts
+                with ``boxes`` (N_i, 4), ``label`` and optionally ``box_malignant`` (N_i,).
+
         Returns:
             ``loss_cls``, ``loss_bbox``, ``loss_giou``, ``loss_obj`` (final layer), the same with suffix
             ``_i`` for auxiliary layer i, and ``loss`` = sum of weight_dict[k] * value.
         """
-        targets = self.select_targets(targets)
-        device = outputs["pred_boxes"].device
-        num_boxes = torch.tensor(float(sum(len(t["boxes"]) for t in targets)), device=device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(num_boxes)
-            num_boxes = num_boxes / dist.get_world_size()
-        num_boxes = num_boxes.clamp(min=1.0).item()
-        labels = torch.stack([torch.as_tensor(t["label"]) for t in targets]).to(device=device, dtype=torch.int64)
-        losses = {"loss_cls": self.loss_cls(outputs["image_logits"], labels)}
-        losses.update(self.loss_det(outputs, targets, num_boxes))
-        for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            losses.update({f"{k}_{i}": v for k, v in self.loss_det(aux, targets, num_boxes).items()})
-        losses["loss"] = sum(self.weight_dict[k] * v for k, v in losses.items() if k in self.weight_dict)
+        targets = self.padded_targets(targets, outputs["pred_boxes"].device)
+        layers = [*outputs.get("aux_outputs", []), outputs]
+        boxes = torch.stack([o["pred_boxes"] for o in layers]).float()
+        obj_logits = torch.stack([o["pred_obj_logits"] for o in layers]).float()
+        det = self.loss_det(boxes, obj_logits, targets, self.num_boxes(targets["mask"]))
+        losses = {"loss_cls": self.loss_cls(outputs["image_logits"], targets["labels"])}
+        losses.update({name: det[name][-1] for name in DET_LOSSES})
+        for i in range(len(layers) - 1):
+            losses.update({f"{name}_{i}": det[name][i] for name in DET_LOSSES})
+        losses["loss"] = self.weighted_total(losses["loss_cls"], det)
         return losses
 
 
-def build_criterion(config: LossConfig, num_aux: int) -> SetCriterion:
-    matcher = HungarianMatcher(cost_bbox=config.cost_bbox, cost_giou=config.cost_giou, cost_obj=config.cost_obj)
+def build_criterion(config: LossConfig, num_aux: int, exact_max_queries: int = 4) -> SetCriterion:
+    matcher = HungarianMatcher(cost_bbox=config.cost_bbox, cost_giou=config.cost_giou, cost_obj=config.cost_obj,
+                               exact_max_queries=exact_max_queries)
     return SetCriterion(matcher, config, num_aux=num_aux)

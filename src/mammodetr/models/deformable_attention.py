@@ -122,8 +122,10 @@ class MultiScaleDeformableAttention(nn.Module):
         offsets = self.sampling_offsets(query).view(B, Q, M, L, P, 2)
         weights = self.attention_weights(query).view(B, Q, M, L * P).softmax(-1).view(B, Q, M, L, P)
         if reference_points.shape[-1] == 2:
-            # offsets are in pixels of each level: normalise by (W, H)
-            normalizer = offsets.new_tensor([[w, h] for h, w in spatial_shapes])
+            # offsets are in pixels of each level: normalise by (W, H). Built with fill kernels: a host list turned
+            # into a GPU tensor (new_tensor) would be a blocking copy in every forward.
+            normalizer = torch.stack([offsets.new_full((), float(v)) for h, w in spatial_shapes for v in (w, h)])
+            normalizer = normalizer.view(len(spatial_shapes), 2)
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         elif reference_points.shape[-1] == 4:
             locations = (

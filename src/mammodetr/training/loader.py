@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from mammodetr.data.dataset import collate
+from mammodetr.models.targets import pack_targets, pad_targets
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +70,22 @@ class SafeDataset(Dataset):
             return BadSample(index, str(name), f"{type(exc).__name__}: {exc}")
 
 
-def collate_skipping(batch):
-    """-> (images or None, targets, bad_samples)."""
+def collate_skipping(batch, max_targets: int | None = None):
+    """-> (images (B, 1, S, S) or None, targets or None, bad_samples).
+
+    ``targets``: ``packed`` (B, 1 + 5 T) float32, the padded targets (:mod:`mammodetr.models.targets`) with at
+    most ``max_targets`` boxes per image, in one tensor so the loader pins it and the step moves it in one copy;
+    plus ``file_name`` (B names) and ``orig_size_hw`` (B, 2) of each image for decoding predictions.
+    """
     good = [b for b in batch if not isinstance(b, BadSample)]
     bad = [b for b in batch if isinstance(b, BadSample)]
     if not good:
-        return None, [], bad
-    images, targets = collate(good)
+        return None, None, bad
+    images, items = collate(good)
+    padded = pad_targets([t["boxes_cxcywh"] for t in items], torch.stack([t["label"] for t in items]),
+                         [t["box_malignant"] for t in items], max_targets)
+    targets = {"packed": pack_targets(padded), "file_name": [t["file_name"] for t in items],
+               "orig_size_hw": torch.stack([t["orig_size_hw"] for t in items])}
     return images, targets, bad
 
 
@@ -89,6 +100,7 @@ def build_loader(
     world_size: int,
     pin_memory: bool,
     drop_last: bool,
+    max_targets: int | None = None,
 ) -> tuple[DataLoader, EpochSampler]:
     base = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
     sampler = EpochSampler(base)
@@ -97,7 +109,7 @@ def build_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate_skipping,
+        collate_fn=partial(collate_skipping, max_targets=max_targets),
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         drop_last=drop_last,

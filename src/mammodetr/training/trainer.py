@@ -42,8 +42,10 @@ from mammodetr.training.distributed import (
     init_distributed,
 )
 from mammodetr.training.engine import NonFiniteLossError, predict_loader, train_one_epoch
+from mammodetr.training.host_memory import keep_freed_memory
 from mammodetr.training.loader import EpochSampler, build_loader
 from mammodetr.training.optim import build_optimizer, build_scheduler
+from mammodetr.training.precision import fp32_math
 from mammodetr.training.rng import rng_state, seed_everything, set_rng_state
 
 __all__ = ["TrainState", "train", "monitor_score", "format_summary"]
@@ -170,6 +172,7 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     train_model: torch.nn.Module = None
+    train_criterion: torch.nn.Module = None
     predictor: Predictor = None
     logger: RunLogger = None
 
@@ -204,7 +207,9 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, veri
         if info.is_main:
             _check_run_folder(cfg, resume=resume, overwrite=overwrite)
         barrier(info)  # no rank creates the folder before rank 0 has looked at it
-        return _train(cfg, info, device, resume=resume, overwrite=overwrite, verify=verify, progress=progress)
+        keep = cfg.train.keep_host_memory and device.type == "cpu"
+        with fp32_math(device, tf32=cfg.train.tf32), keep_freed_memory(keep):
+            return _train(cfg, info, device, resume=resume, overwrite=overwrite, verify=verify, progress=progress)
     finally:
         cleanup(info)
 
@@ -265,13 +270,16 @@ def _setup(cfg: RunConfig, info: DistInfo, device: torch.device) -> _Run:
     seed_everything(t.seed)
     pin = device.type == "cuda"
     loader_args = dict(batch_size=micro, seed=t.seed, workers=data.workers, rank=info.rank,
-                       world_size=info.world_size, pin_memory=pin)
+                       world_size=info.world_size, pin_memory=pin, max_targets=cfg.loss.max_targets)
     drop_last = len(train_ds) > micro * info.world_size
     train_loader, train_sampler = build_loader(train_ds, shuffle=True, drop_last=drop_last, **loader_args)
     val_loader, _ = build_loader(val_ds, shuffle=False, drop_last=False, **loader_args)
     model = build_model(cfg.model).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    elif t.precision == "bf16" and device.type == "cpu" and info.is_main:
+        log.warning("bf16 on a CPU without --channels-last: oneDNN reorders every convolution's input and output "
+                    "between memory layouts, which costs most of what bf16 gains; add --channels-last")
     criterion = build_criterion(cfg.loss, num_aux=cfg.model.dec_layers - 1 if cfg.model.aux_loss else 0)
     optimizer = build_optimizer(model, cfg.optim)
     steps = math.ceil(len(train_loader) / t.accum_steps)
@@ -310,7 +318,10 @@ def _wrap_for_training(run: _Run) -> None:
     if run.info.enabled:
         ids = [run.device.index] if run.device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    # The criterion is compiled too: matching and the losses of every layer are small ops, where fusing
+    # them is most of the gain.
     run.train_model = torch.compile(model) if run.cfg.train.compile else model
+    run.train_criterion = torch.compile(run.criterion) if run.cfg.train.compile else run.criterion
     run.predictor = Predictor(run.model, run.cfg, device=run.device, precision=run.cfg.train.precision,
                               batch_size=run.micro, channels_last=run.cfg.train.channels_last)
     run.logger = RunLogger(run.out, run.info.is_main, run.cfg.train.tensorboard)
@@ -344,10 +355,10 @@ def _train_epoch(run: _Run, state: TrainState, epoch: int, progress: bool) -> di
     bar = _progress(len(run.train_loader), f"epoch {epoch + 1}/{t.epochs}", progress and run.info.is_main)
     try:
         return train_one_epoch(
-            run.train_model, run.criterion, run.train_loader, run.optimizer, run.scheduler, run.scaler,
+            run.train_model, run.train_criterion, run.train_loader, run.optimizer, run.scheduler, run.scaler,
             device=run.device, epoch=epoch, accum_steps=t.accum_steps, grad_clip=run.cfg.optim.grad_clip,
             precision=t.precision, channels_last=t.channels_last, info=run.info, max_steps=t.max_steps_per_epoch,
-            progress=bar, on_bad_samples=run.logger.bad_samples, position=state.position,
+            progress=bar, on_bad_samples=run.logger.bad_samples, position=state.position, log_every=t.log_every,
         )
     finally:
         bar.close()
