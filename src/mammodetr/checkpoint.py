@@ -37,7 +37,7 @@ from mammodetr.models.detr import build_model
 
 __all__ = ["MODEL_FILE", "CONFIG_FILE", "META_FILE", "STATE_FILE", "CheckpointError", "Checkpoint",
            "save_checkpoint", "resolve_checkpoint", "read_checkpoint", "load_checkpoint", "load_model",
-           "load_training_state", "file_sha256"]
+           "load_training_state", "file_sha256", "unwrap_model", "write_checkpoint_folder"]
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -73,8 +73,8 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP and torch.compile wrap the module; the file must hold the plain module's keys.
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP and ``torch.compile`` wrappers (whose keys a checkpoint file holds)."""
     model = getattr(model, "module", model)
     return getattr(model, "_orig_mod", model)
 
@@ -100,15 +100,36 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: RunConfig, 
         OSError: the folder cannot be written (disk full, read-only); the temporary folder is removed and an
             earlier checkpoint at ``directory`` is left untouched.
     """
+    state = {k: v.detach().contiguous().cpu() for k, v in unwrap_model(model).state_dict().items()}
+    return write_checkpoint_folder(directory, state, lambda tmp: {CONFIG_FILE: dumps(config.to_dict()),
+                                                                  META_FILE: dumps(_meta(tmp / MODEL_FILE, meta))},
+                                   training_state=training_state)
+
+
+def write_checkpoint_folder(directory: str | Path, weights: dict[str, torch.Tensor], texts, *,
+                            training_state: dict | None = None, weights_file: str = MODEL_FILE) -> Path:
+    """Atomically write a folder of weights (safetensors), text files and an optional training state.
+
+    Args:
+        directory: the target folder.
+        weights: tensors for ``weights_file``.
+        texts: ``{file name: text}``, or a function of the temporary folder (after the weights are written there)
+            returning it, for texts that describe the weights (e.g. their SHA-256).
+        training_state: written to ``training_state.pt`` (tensors and plain values only).
+        weights_file: the weights' file name.
+
+    Raises:
+        OSError: the folder cannot be written; the temporary folder is removed, an earlier ``directory`` is kept.
+    """
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
-        save_file(state, str(tmp / MODEL_FILE), metadata={"format": "pt"})
-        _write(tmp / CONFIG_FILE, dumps(config.to_dict()))
-        _write(tmp / META_FILE, dumps(_meta(tmp / MODEL_FILE, meta)))
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / weights_file),
+                  metadata={"format": "pt"})
+        for name, text in (texts(tmp) if callable(texts) else texts).items():
+            _write(tmp / name, text)
         if training_state is not None:
             torch.save(training_state, tmp / STATE_FILE)
         _fsync_dir(tmp)
@@ -233,7 +254,7 @@ def load_weights(model: nn.Module, path: Path, map_location: str | torch.device 
         state = load_file(str(path), device=str(map_location))
     except Exception as exc:  # noqa: BLE001 - any reader failure is one clear line
         raise CheckpointError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
-    missing, unexpected = _unwrap(model).load_state_dict(state, strict=False)
+    missing, unexpected = unwrap_model(model).load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path.parent}: weights do not fit the stored config "
                               f"(missing {missing[:5]}, unexpected {unexpected[:5]})")

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("mammodetr.cli.prepare", "convert a dataset (coco/csv/mias/cbis-ddsm/vindr) into a prepared folder"),
     "split": ("mammodetr.cli.split", "patient-level, label-stratified train/val/test split"),
     "train": ("mammodetr.cli.train", "train a multi-task DETR model"),
+    "pretrain": ("mammodetr.cli.pretrain", "self-supervised pretraining of a backbone on unlabelled images"),
     "predict": ("mammodetr.cli.predict", "predict malignancy and lesion boxes for images"),
     "sr-read": ("mammodetr.cli.sr_read", "print the findings of a DICOM SR written by predict --dicom-sr"),
     "evaluate": ("mammodetr.cli.evaluate", "compute metrics and write a report for a dataset split"),
@@ -33,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("mammodetr.cli.demo", "synthetic data -> prepare -> split -> train -> evaluate, offline"),
 }
 # Commands whose progress is worth an INFO line per step (epochs, phases); the others log warnings only.
-_CHATTY = {"train", "demo", "evaluate"}
+_CHATTY = {"train", "pretrain", "demo", "evaluate"}
 
 
 def _module(name: str):
@@ -60,7 +61,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _setup_logging(command: str) -> None:
-    fmt = "%(asctime)s %(levelname)s %(message)s" if command in ("train", "demo") else "%(levelname)s %(message)s"
+    timed = command in ("train", "pretrain", "demo")
+    fmt = "%(asctime)s %(levelname)s %(message)s" if timed else "%(levelname)s %(message)s"
     logging.basicConfig(level=logging.INFO if command in _CHATTY else logging.WARNING, format=fmt, stream=sys.stderr)
 
 

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batch = default_of(Predictor, "batch_size")
     parser.add_argument("--batch-size", type=int, default=batch, help=f"images per forward pass (default: {batch})")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="horizontal-flip test-time augmentation (default: as the model was validated, its "
+                             "train.tta)")
     parser.add_argument("--no-verify", action="store_true",
                         help="load weights whose SHA-256 differs from the one recorded (hand-edited weights)")
     parser.add_argument("--no-report", action="store_true", help="write metrics.json only")
@@ -47,7 +50,7 @@ def _predictions_from(source: str, args, split: str) -> PredictionSet:
     if path.is_file() and path.suffix in (".jsonl", ".json"):
         return read_predictions(path)
     predictor = Predictor.from_checkpoint(path, device=args.device, batch_size=args.batch_size,
-                                          verify=not args.no_verify)
+                                          verify=not args.no_verify, tta=args.tta)
     return predictor.predict_split(args.data, split)
 
 
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     options = _options(args)
     if args.checkpoint:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
-                                              verify=not args.no_verify)
+                                              verify=not args.no_verify, tta=args.tta)
         result = evaluate_checkpoint(predictor, args.data, args.out, options, split=args.split,
                                      checkpoint=args.checkpoint, report=not args.no_report)
     else:

@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batch = default_of(Predictor, "batch_size")
     parser.add_argument("--batch-size", type=int, default=batch, help=f"images per forward pass (default: {batch})")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="horizontal-flip test-time augmentation (default: as the model was validated, its "
+                             "train.tta)")
     parser.add_argument("--no-verify", action="store_true",
                         help="load weights whose SHA-256 differs from the one recorded (hand-edited weights)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -55,7 +58,7 @@ def _with_overlays(results: Iterator[FileResult], overlay_dir: str | None) -> It
 
 def run(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
-                                          verify=not args.no_verify)
+                                          verify=not args.no_verify, tta=args.tta)
     sr = SRExporter(args.dicom_sr, predictor, args.sr_min_score) if args.dicom_sr else None
     counts = {"ok": 0, "failed": 0}
 

@@ -23,13 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_flags(parser, ServeOptions)
     add_dataclass_flags(parser, ExamOptions)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="horizontal-flip test-time augmentation (default: as the model was validated, its "
+                             "train.tta)")
     parser.add_argument("--no-verify", action="store_true",
                         help="load weights whose SHA-256 differs from the one recorded (hand-edited weights)")
 
 
 def _predictor(args: argparse.Namespace) -> Predictor:
     if args.model is None:
-        return Predictor.from_checkpoint(args.checkpoint, device=args.device, verify=not args.no_verify)
+        return Predictor.from_checkpoint(args.checkpoint, device=args.device, verify=not args.no_verify, tta=args.tta)
     from_onnx = getattr(Predictor, "from_onnx", None)  # added with ONNX export; absent in older installations
     if from_onnx is None:
         raise ValueError("--model needs mammodetr[onnx] (ONNX models are not supported by this installation)")

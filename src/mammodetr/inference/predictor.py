@@ -29,6 +29,7 @@ from .device import autocast, resolve_device
 from .exam import Exam, ExamOptions, ExamResult, aggregate_exam, group_exams, operating_point, read_exam_table
 from .inputs import RawInput, collect_inputs, load_raw_input
 from .predictions import Prediction, PredictionError, PredictionSet
+from .tta import merge_hflip
 
 __all__ = ["Predictor", "FileResult"]
 
@@ -57,11 +58,13 @@ class Predictor:
         batch_size: images per forward pass.
         channels_last: feed channels-last inputs (the model's memory format should match).
         meta: checkpoint metadata (versions, weights SHA-256), when loaded from one.
+        tta: horizontal-flip test-time augmentation (:mod:`mammodetr.inference.tta`): two forward passes per
+            image, merged before the decoder.
     """
 
     def __init__(self, model: nn.Module, config: RunConfig, *, device: str | torch.device = "cpu",
                  precision: str = "fp32", batch_size: int = DEFAULT_BATCH_SIZE, channels_last: bool = False,
-                 meta: dict | None = None) -> None:
+                 meta: dict | None = None, tta: bool = False) -> None:
         self.device = resolve_device(device)
         self.model = model
         self.config = config
@@ -69,16 +72,19 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.channels_last = channels_last
         self.meta = dict(meta or {})
+        self.tta = bool(tta)
         autocast(self.device, precision)  # validates the precision for the device
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", precision: str | None = None,
-                        *, batch_size: int = DEFAULT_BATCH_SIZE, verify: bool = True) -> "Predictor":
-        """Load a checkpoint (or run) folder. ``precision`` None means fp32."""
+                        *, batch_size: int = DEFAULT_BATCH_SIZE, verify: bool = True,
+                        tta: bool | None = None) -> "Predictor":
+        """Load a checkpoint (or run) folder. ``precision`` None means fp32; ``tta`` None means what the model was
+        validated with (``train.tta`` of its config)."""
         dev = resolve_device(device)
         model, ckpt = load_checkpoint(path, map_location=dev, verify=verify)
         return cls(model, ckpt.config, device=dev, precision=precision or "fp32", batch_size=batch_size,
-                   meta=ckpt.meta)
+                   meta=ckpt.meta, tta=ckpt.config.train.tta if tta is None else tta)
 
     @property
     def geometry(self) -> InputGeometry:
@@ -95,7 +101,10 @@ class Predictor:
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict:
-        """(B, 1, S, S) inputs in [0, 1] -> raw model outputs, in eval mode (the model's mode is restored)."""
+        """(B, 1, S, S) inputs in [0, 1] -> raw model outputs, in eval mode (the model's mode is restored).
+
+        With ``tta`` the outputs are those of the image and its mirror merged (:func:`~.tta.merge_hflip`).
+        """
         x = images.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -103,7 +112,11 @@ class Predictor:
         self.model.eval()
         try:
             with autocast(self.device, self.precision):
-                return self.model(x)
+                outputs = self.model(x)
+                if not self.tta:
+                    return outputs
+                flipped = self.model(x.flip(-1))
+            return merge_hflip(outputs, flipped)
         finally:
             self.model.train(was_training)
 
