@@ -7,14 +7,17 @@ from pathlib import Path
 
 import pytest
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = ROOT / "recipes"
 PAPER = ["resnet50", "convnextv2_tiny", "mambavision_t", "dinov3_vitb16"]
 
 
 def _resolved(recipe: str, tmp_path) -> dict:
     out = subprocess.run(
         ["bash", str(RECIPES / f"{recipe}.sh"), str(tmp_path / "data"), str(tmp_path / "run"), "--print-config"],
-        capture_output=True, text=True, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}, check=True,
+        capture_output=True, text=True, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin",
+                                         # this checkout's code, not whichever mammodetr the interpreter has installed
+                                         "PYTHONPATH": str(ROOT / "src")}, check=True,
     )
     return json.loads(out.stdout)
 

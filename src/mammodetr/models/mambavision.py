@@ -505,7 +505,9 @@ def _complete_classifier(model: MambaVision, state: dict) -> dict:
     the final norm and the classifier, which the detection backbone drops anyway, keep their initialisation."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
-    if not missing or not all(k.startswith(("head.", "norm.")) for k in missing):
+    classifier = [k for k in own if k.startswith(("head.", "norm."))]
+    # Only a file without any of the classifier's tensors is backbone-only; one that lacks a few is damaged.
+    if not missing or sorted(missing) != sorted(classifier):
         return state
     log.info("MambaVision weights without the classifier head (a backbone-only file): head and final norm keep "
              "their initialisation")
