@@ -161,10 +161,11 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fh.fileno())
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+def resolve_checkpoint(path: str | Path, config_file: str = CONFIG_FILE) -> Path:
     """A checkpoint folder from a checkpoint folder or a run folder (its ``checkpoints/best``).
 
-    Falls back to ``<name>.old`` when a save was interrupted between its two renames.
+    Falls back to ``<name>.old`` when a save was interrupted between its two renames. ``config_file`` is the JSON
+    that marks a complete folder (``pretrain`` checkpoints hold ``pretrain.json``, not a model config).
     """
     path = Path(path)
     candidates = [path]
@@ -172,9 +173,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         candidates = [path / "checkpoints" / "best", path / "checkpoints" / "last"]
     for c in candidates:
         for d in (c, c.with_name(c.name + ".old")):
-            if (d / MODEL_FILE).is_file() and (d / CONFIG_FILE).is_file():
+            if (d / MODEL_FILE).is_file() and (d / config_file).is_file():
                 return d
-    raise CheckpointError(f"{path}: no checkpoint found (expected {MODEL_FILE} and {CONFIG_FILE}, or a run folder)")
+    raise CheckpointError(f"{path}: no checkpoint found (expected {MODEL_FILE} and {config_file}, or a run folder)")
 
 
 def _read_json(path: Path) -> dict:
@@ -260,8 +261,8 @@ def load_weights(model: nn.Module, path: Path, map_location: str | torch.device 
                               f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
 
 
-def load_training_state(path: str | Path) -> dict[str, Any]:
-    ckpt = resolve_checkpoint(path)
+def load_training_state(path: str | Path, config_file: str = CONFIG_FILE) -> dict[str, Any]:
+    ckpt = resolve_checkpoint(path, config_file)
     f = ckpt / STATE_FILE
     if not f.is_file():
         raise CheckpointError(f"{ckpt}: has no {STATE_FILE} (a weights-only checkpoint cannot be resumed)")

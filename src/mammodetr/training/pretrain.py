@@ -58,6 +58,7 @@ __all__ = ["pretrain", "SimSiam", "UnlabelledViews", "VIEW_PRESET", "BACKBONE_JS
 log = logging.getLogger("mammodetr.pretrain")
 
 BACKBONE_JSON = "backbone.json"
+PRETRAIN_STATE_FILE = "pretrain.json"  # marks a complete pretraining checkpoint (it has no model config)
 VIEW_PRESET = AugmentPreset("ssl_views", hflip_p=0.5, scale=(1.0, 1.6), translate=0.15, rotate_deg=12.0,
                             gamma=(0.6, 1.6), gain=0.2, quantum_noise=0.03, box_rotation="ellipse")
 
@@ -296,8 +297,8 @@ def _setup(cfg: PretrainConfig, info: DistInfo, device: torch.device, resume: bo
 
 def _restore(run: _Pretraining) -> tuple[int, int]:
     last = run.out / "checkpoints" / "last"
-    saved = load_training_state(last)
-    run.model.load_state_dict(load_file(str(resolve_checkpoint(last) / MODEL_FILE)))
+    saved = load_training_state(last, PRETRAIN_STATE_FILE)
+    run.model.load_state_dict(load_file(str(resolve_checkpoint(last, PRETRAIN_STATE_FILE) / MODEL_FILE)))
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
     set_rng_state(saved["rng"])
@@ -372,7 +373,7 @@ def _epoch(run: _Pretraining, epoch: int, position: dict, progress: bool) -> dic
 def _save(run: _Pretraining, epoch: int, batch: int, record: dict | None, rng: dict | None = None) -> None:
     """``checkpoints/last`` (resume), ``backbone.safetensors`` + ``backbone.json`` (use), the metrics line."""
     write_checkpoint_folder(run.out / "checkpoints" / "last", run.model.state_dict(),
-                            {"pretrain.json": dumps({"epoch": epoch, "batch_in_epoch": batch})},
+                            {PRETRAIN_STATE_FILE: dumps({"epoch": epoch, "batch_in_epoch": batch})},
                             training_state=run.state(epoch, batch, rng))
     weights = save(run.model.backbone.pretrained_state_dict(), metadata={"format": "pt"})
     write_bytes_atomic(run.out / PRETRAINED_BACKBONE_FILE, weights)
