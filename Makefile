@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/mammodetr demo --out runs/demo
+	$(VENV)/bin/mammodetr demo --out runs/demo --overwrite  # an earlier demo is moved to runs/demo.replaced-*
 
 bench: $(STAMP)
 	$(PY) bench/model_speed.py

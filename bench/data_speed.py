@@ -26,14 +26,16 @@ from pathlib import Path
 
 def _prepare(table: Path, out: Path, workers: int, max_side: int) -> dict:
     from mammodetr.data.converters import convert
+    from mammodetr.data.id_key import load_id_key
     from mammodetr.data.prepare import prepare_dataset
     from mammodetr.data.preprocess import PrepareOptions
 
     conv = convert("csv", table)
+    key = load_id_key(out.parent / f"{out.name}.key")  # beside the temporary dataset, not in ~/.config
     t0, c0 = time.perf_counter(), time.process_time()
     # workers=1 runs in this process, so process_time() is the CPU time the images cost
     report = prepare_dataset(conv, out, PrepareOptions(max_side=max_side), workers=workers, progress=False,
-                             log=lambda line: None)
+                             log=lambda line: None, id_key=key)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     n = report["images_prepared_this_run"]
     result = {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 2),

@@ -18,6 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mammodetr"
 LAYERS = {
     "mammodetr._version": -1,  # foundations every layer may use
     "mammodetr.atomic": -1,
+    "mammodetr.outputs": -1,
     "mammodetr.data": 0,
     "mammodetr.models": 1,
     "mammodetr.config": 2,
@@ -29,6 +30,7 @@ LAYERS = {
     "mammodetr.training": 6,
     "mammodetr.evaluation": 6,
     "mammodetr.serve": 7,
+    "mammodetr.cv": 7,  # trains (training) and scores (evaluation): above both, a peer of serve
     "mammodetr.cli": 8,
     "mammodetr.__main__": 9,
 }

@@ -45,13 +45,23 @@ def dumps(obj: Any, indent: int | None = 2) -> str:
     return json.dumps(to_jsonable(obj), indent=indent, allow_nan=False)
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``; returns ``path`` as a Path."""
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int | None = None) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``; returns ``path`` as a Path.
+
+    ``mode`` (e.g. ``0o600`` for a private file) is the file's permission bits from the moment it exists;
+    default: the umask's.
+    """
     path = Path(path)
     # The process id keeps parallel workers writing the same folder apart.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(data)
+        if mode is None:
+            tmp.write_bytes(data)
+        else:
+            tmp.unlink(missing_ok=True)  # a leftover of a killed run would keep its own mode
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as fh:
+                fh.write(data)
+            os.chmod(tmp, mode)  # the umask may have narrowed it
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
 import platform
 import shutil
 import time
@@ -33,11 +34,14 @@ from torch import nn
 from mammodetr._version import __version__
 from mammodetr.atomic import dumps
 from mammodetr.config import RunConfig
+from mammodetr.data.preprocess import PrepareOptions
 from mammodetr.models.detr import build_model
+from mammodetr.outputs import write_error
 
 __all__ = ["MODEL_FILE", "CONFIG_FILE", "META_FILE", "STATE_FILE", "CheckpointError", "Checkpoint",
-           "save_checkpoint", "resolve_checkpoint", "read_checkpoint", "load_checkpoint", "load_model",
-           "load_training_state", "file_sha256", "unwrap_model", "write_checkpoint_folder"]
+           "save_checkpoint", "resolve_checkpoint", "read_checkpoint", "verify_weights", "load_checkpoint",
+           "load_model", "restore_weights", "load_training_state", "file_sha256", "unwrap_model",
+           "write_checkpoint_folder"]
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -97,8 +101,9 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: RunConfig, 
             dicts, so it loads with ``weights_only=True``.
 
     Raises:
-        OSError: the folder cannot be written (disk full, read-only); the temporary folder is removed and an
-            earlier checkpoint at ``directory`` is left untouched.
+        OutputWriteError: the folder cannot be written (disk full, read-only; safetensors and torch report these
+            as their own error types, turned into this one line); the temporary folder is removed and an earlier
+            checkpoint at ``directory`` is left untouched.
     """
     state = {k: v.detach().contiguous().cpu() for k, v in unwrap_model(model).state_dict().items()}
     return write_checkpoint_folder(directory, state, lambda tmp: {CONFIG_FILE: dumps(config.to_dict()),
@@ -119,7 +124,8 @@ def write_checkpoint_folder(directory: str | Path, weights: dict[str, torch.Tens
         weights_file: the weights' file name.
 
     Raises:
-        OSError: the folder cannot be written; the temporary folder is removed, an earlier ``directory`` is kept.
+        OutputWriteError: the folder cannot be written; the temporary folder is removed, an earlier ``directory``
+            is kept.
     """
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
@@ -133,8 +139,10 @@ def write_checkpoint_folder(directory: str | Path, weights: dict[str, torch.Tens
         if training_state is not None:
             torch.save(training_state, tmp / STATE_FILE)
         _fsync_dir(tmp)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, Exception):  # everything above writes a file: its failure is the disk's
+            raise write_error(directory, exc, "not saved; the checkpoint there before, if any, is unchanged") from exc
         raise
     _swap_into_place(tmp, directory)
     return directory
@@ -188,11 +196,24 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def _upgraded(raw: dict) -> dict:
+    """A stored config with the keys it predates filled in with what their absence meant.
+
+    ``data.prepare`` recorded before background masking existed means "not masked" (a model trained on such a
+    dataset must see raw files prepared the same way).
+    """
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("prepare"), dict):
+        return {**raw, "data": {**data, "prepare": PrepareOptions.upgraded(data["prepare"])}}
+    return raw
+
+
 def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Config and metadata of a checkpoint (or run) folder, migrating the 0.1.0 layout.
+    """Config and metadata of a checkpoint (or run) folder, migrating older layouts.
 
     0.1.0 stored its metadata under ``"meta"`` inside ``config.json`` and wrote no checksum; the metadata is
-    taken from there and ``meta["format"]`` is 1.
+    taken from there and ``meta["format"]`` is 1. Keys added to the config later get what their absence meant
+    (:func:`_upgraded`).
 
     Raises:
         CheckpointError: no checkpoint, unreadable files, or a config that is not a valid RunConfig.
@@ -206,7 +227,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if "model" not in raw:
         raise CheckpointError(f"{ckpt / CONFIG_FILE}: has no 'model' section")
     try:
-        config = RunConfig.from_dict(raw)
+        config = RunConfig.from_dict(_upgraded(raw))
     except ValueError as exc:
         raise CheckpointError(f"{ckpt / CONFIG_FILE}: {exc}") from None
     return Checkpoint(ckpt, config, meta)
@@ -249,6 +270,19 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu", *,
     return model, ckpt.config
 
 
+def restore_weights(model: nn.Module, path: str | Path, *, verify: bool = True) -> Checkpoint:
+    """Load a checkpoint's weights into an existing ``model`` (resuming a run), verified like :func:`load_checkpoint`.
+
+    Raises:
+        CheckpointError: no checkpoint, a SHA-256 mismatch (unless ``verify`` is False), or weights that do not fit.
+    """
+    ckpt = read_checkpoint(path)
+    if verify:
+        verify_weights(ckpt)
+    load_weights(model, ckpt.path / MODEL_FILE)
+    return ckpt
+
+
 def load_weights(model: nn.Module, path: Path, map_location: str | torch.device = "cpu") -> None:
     """Load a ``model.safetensors`` into ``model``; every key must fit."""
     try:
@@ -268,6 +302,11 @@ def load_training_state(path: str | Path, config_file: str = CONFIG_FILE) -> dic
         raise CheckpointError(f"{ckpt}: has no {STATE_FILE} (a weights-only checkpoint cannot be resumed)")
     try:
         return torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a pickle payload or a corrupt file is refused in one line
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which would run the code the file holds: never.
+        raise CheckpointError(f"{f}: refused: it holds Python objects that only a full unpickling could load, and "
+                              f"that could run code; mammodetr writes training states of tensors and numbers "
+                              f"only, so this file was not written by it") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt file is refused in one line
         raise CheckpointError(f"{f}: not a loadable training state ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:200]})") from None

@@ -113,10 +113,10 @@ def test_mask_path_naming_the_cropped_image(cbis_download, tmp_path):
     assert sum(len(r.boxes) for r in conv.records) == len(rows)
 
 
-def test_prepare_end_to_end_reports_merges_and_counts(cbis_download, capsys):
+def test_prepare_end_to_end_reports_merges_and_counts(cbis_download, capsys, tmp_path_factory):
     root = cbis_download()
     rows, images, duplicates = _reference()
-    out = root / "prepared"
+    out = tmp_path_factory.mktemp("prepared")  # outside the download: prepare refuses an --out inside its input
     rc = cli_main(["prepare", "--source", "cbis-ddsm", "--input", str(root), "--out", str(out), "--workers", "1",
                    "--no-progress", "--max-side", "64"])
     assert rc == 0

@@ -19,31 +19,8 @@ from pydicom.pixels import apply_voi_lut as pd_voi  # noqa: E402
 
 from mammodetr.data.dicom import scrub_identifiers  # noqa: E402
 from mammodetr.data.io import ImageReadError, read_image  # noqa: E402
-from mammodetr.data.synth import make_dicom_dataset, write_dicom  # noqa: E402
-
-NAME, PID = "Doe^Janet", "PID-4711"
-SECRETS = ("Janet", "Doe", PID)
-
-
-def stored_values(h: int = 16, w: int = 12, hi: int = 4000) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    a = rng.integers(0, hi, size=(h, w)).astype(np.uint16)
-    a[0, 0], a[0, 1] = 0, hi  # pin the range
-    return a
-
-
-def make_ds(arr: np.ndarray | None = None, **tags) -> Dataset:
-    arr = stored_values() if arr is None else arr
-    ds = make_dicom_dataset(arr, variant="mono2", laterality="L", view="CC", patient_id=PID)
-    ds.PatientName = NAME
-    ds.BitsStored, ds.HighBit = 12, 11
-    for k, v in tags.items():
-        setattr(ds, k, v)
-    return ds
-
-
-def save(tmp_path: Path, ds: Dataset, name: str = "img.dcm") -> Path:
-    return write_dicom(tmp_path / name, ds)
+from mammodetr.data.synth import write_dicom  # noqa: E402
+from tests.data.dicom_builders import PID, SECRETS, make_ds, save, stored_values  # noqa: E402
 
 
 def assert_error(path: Path, exc: ImageReadError, *words: str) -> None:

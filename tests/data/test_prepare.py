@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,11 @@ from mammodetr.data.records import Conversion, ImageRecord
 H, W = 120, 90
 FIELDS = ["image_path", "patient_id", "label", "laterality", "view", "study_id", "x1", "y1", "x2", "y2",
           "lesion_label"]
+
+
+def source_paths(report: dict) -> dict[str, str]:
+    """Keyed source hash -> source path, from the private source map the report names."""
+    return json.loads(Path(report["source_map"]).read_text())["sources"]
 
 
 def _breast_png(path, lesion=(20, 50, 32, 62), side="L"):
@@ -93,6 +99,9 @@ def test_prepare_end_to_end_with_bad_input(csv_dataset, tmp_path):
     assert all("MRN" not in p.name for p in (out / "images").iterdir())
     assert len({img["patient_id"] for img in ann["images"]}) == 3
 
+    sources = source_paths(report)
+    assert sorted(sources[img["source"]] for img in ann["images"]) == [f"img/{i}.png" for i in range(6)]
+    mapped_box_checked = False
     for img in ann["images"]:
         png = Image.open(out / img["file_name"])
         assert png.mode.startswith("I;16") and png.size == (img["width"], img["height"])
@@ -100,12 +109,12 @@ def test_prepare_end_to_end_with_bad_input(csv_dataset, tmp_path):
         t = ImageTransform.from_dict(img["transform"])
         assert t.output_size_hw == (img["height"], img["width"]) and t.flipped  # breast moved to the right
         boxes = [a for a in ann["annotations"] if a["image_id"] == img["id"]]
-        if img["source"] == "img/0.png" or img["label"] == "normal":
+        if sources[img["source"]] == "img/0.png" or img["label"] == "normal":
             assert boxes == []
         for a in boxes:
             x, y, w, h = a["bbox"]
             assert 0 <= x and 0 <= y and x + w <= img["width"] + 1e-6 and y + h <= img["height"] + 1e-6
-        if img["source"] == "img/4.png":  # benign, one box: the bbox is the transformed original box
+        if sources[img["source"]] == "img/4.png":  # benign, one box: the bbox is the transformed original box
             expected = t.apply_boxes_xyxy([[20, 50, 32, 62]])[0]
             x, y, w, h = boxes[0]["bbox"]
             np.testing.assert_allclose([x, y, x + w, y + h], expected, atol=1e-3)
@@ -113,6 +122,8 @@ def test_prepare_end_to_end_with_bad_input(csv_dataset, tmp_path):
             pixels = np.asarray(png, dtype=np.float64) / 65535
             ys, xs = np.nonzero(pixels > 0.8)
             np.testing.assert_allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], expected, atol=1.5)
+            mapped_box_checked = True
+    assert mapped_box_checked
 
 
 def test_rerun_skips_prepared_images_and_keeps_split(csv_dataset, tmp_path):
@@ -210,20 +221,111 @@ def test_records_with_no_usable_image_prepare_nothing(tmp_path):
 
 def _crash_on_2(job):
     """Stand-in worker that kills its process on one file, as a crashing decoder would."""
-    from mammodetr.data import prepare as prepare_module
+    from mammodetr.data import prepare_jobs
 
     if job.source.endswith("2.png"):
         os._exit(3)
-    return prepare_module._original_prepare_one(job)
+    return prepare_jobs._original_prepare_one(job)
 
 
 def test_a_dying_worker_loses_only_its_file(csv_dataset, tmp_path, monkeypatch):
-    from mammodetr.data import prepare as prepare_module
+    from mammodetr.data import prepare_jobs
 
-    monkeypatch.setattr(prepare_module, "_original_prepare_one", prepare_module._prepare_one, raising=False)
-    monkeypatch.setattr(prepare_module, "_prepare_one", _crash_on_2)
+    monkeypatch.setattr(prepare_jobs, "_original_prepare_one", prepare_jobs.prepare_one, raising=False)
+    monkeypatch.setattr(prepare_jobs, "prepare_one", _crash_on_2)
     lines = []
     report = prepare_dataset(convert("csv", csv_dataset), tmp_path / "out", PrepareOptions(max_side=60),
                              workers=2, progress=False, log=lines.append)
     assert report["images_prepared"] == 5
     assert any("img/2.png" in ln and "worker process died" in ln for ln in lines)
+
+
+@pytest.fixture()
+def synth_table(tmp_path):
+    """Two synthetic patients whose every image has a film edge and a label block (PNG, 160 x 128)."""
+    from mammodetr.data.synth import SynthOptions, generate_dataset
+
+    return generate_dataset(tmp_path / "synth", n_patients=3, image_size=(160, 128), seed=4, progress=False,
+                            options=SynthOptions(film_edge=1.0, label_block=1.0, p_normal=0.0, p_benign=0.5))
+
+
+def test_masking_is_recorded_per_image_and_boxes_are_untouched(synth_table, tmp_path):
+    out = tmp_path / "out"
+    lines = []
+    report = prepare_dataset(convert("csv", synth_table), out, PrepareOptions(crop=False, max_side=None),
+                             workers=0, progress=False, log=lines.append)
+    ann = json.loads((out / "annotations.json").read_text())
+    assert ann["info"]["prepare"]["mask_background"] is True
+    summary = report["background_mask"]
+    assert summary["images_masked"] == 12 and summary["images_not_masked"] == 0
+    assert summary["images_with_film_edges"] >= 1 and 0.3 < summary["mean_fraction_masked"] < 0.8
+    boxes = {}
+    for a in ann["annotations"]:
+        boxes.setdefault(a["image_id"], []).append(a["bbox"])
+    assert boxes
+    sources = json.loads(Path(report["source_map"]).read_text())["sources"]  # the private hash -> path map
+    for img in ann["images"]:
+        record = img["background_mask"]
+        assert record["applied"] and 0 < record["fraction"] < 1 and record["boxes_outside_mask"] == 0
+        prepared = np.asarray(Image.open(out / img["file_name"]), dtype=np.int64)
+        source = np.asarray(Image.open(synth_table.parent / sources[img["source"]]), dtype=np.int64)
+        assert (prepared <= source).all() and (prepared < source).any()  # only set to 0 ...
+        for x, y, w, h in boxes.get(img["id"], []):  # ... never inside a lesion box
+            ys, xs = slice(int(y), int(np.ceil(y + h))), slice(int(x), int(np.ceil(x + w)))
+            np.testing.assert_array_equal(prepared[ys, xs], source[ys, xs])
+    assert not any("background" in ln for ln in lines)
+    # A box that moves changes what masking keeps: that image (only) is prepared again.
+    rows = list(csv.DictReader(open(synth_table, newline="")))
+    row = next(r for r in rows if r["x1"])
+    row["x1"] = str(int(row["x1"]) - 3)
+    with open(synth_table, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    again = prepare_dataset(convert("csv", synth_table), out, PrepareOptions(crop=False, max_side=None), workers=0,
+                            progress=False, log=lambda s: None)
+    assert again["images_prepared_this_run"] == 1
+
+
+def _as_written_before_masking(out):
+    """Make a dataset prepared with masking off look as a version without masking wrote it."""
+    ann = json.loads((out / "annotations.json").read_text())
+    ann["info"]["prepare"] = {k: v for k, v in ann["info"]["prepare"].items() if not k.startswith("mask_")}
+    for img in ann["images"]:
+        del img["background_mask"]
+    (out / "annotations.json").write_text(json.dumps(ann))
+    state = json.loads((out / "prepare_state.json").read_text())
+    for entry in state["images"].values():
+        del entry["boxes_in"], entry["result"]["background_mask"]
+    (out / "prepare_state.json").write_text(json.dumps(state))
+
+
+def test_an_unmasked_dataset_stays_unmasked_unless_asked(synth_table, tmp_path, capsys):
+    out = tmp_path / "old"
+    args = ["prepare", "--source", "csv", "--input", str(synth_table), "--out", str(out), "--workers", "1",
+            "--no-progress"]
+    assert cli_main(args + ["--no-mask-background"]) == 0
+    _as_written_before_masking(out)
+    before = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
+    capsys.readouterr()
+    assert cli_main(args) == 0  # the default for an existing dataset is what it recorded: no masking
+    captured = capsys.readouterr()
+    assert "background masking: off, as recorded" in captured.out and "12 reused" in captured.out
+    ann = json.loads((out / "annotations.json").read_text())
+    assert ann["info"]["prepare"]["mask_background"] is False
+    assert {p.name: p.read_bytes() for p in (out / "images").iterdir()} == before
+    # Asked for, masking applies to every image at once: no mix of masked and unmasked images.
+    assert cli_main(args + ["--mask-background"]) == 0
+    captured = capsys.readouterr()
+    assert "background masking turned on (it was off); every image is prepared again" in captured.err
+    assert "0 reused" in captured.out
+    ann = json.loads((out / "annotations.json").read_text())
+    assert ann["info"]["prepare"]["mask_background"] is True
+    assert all(img["background_mask"]["applied"] for img in ann["images"])
+    # ... and from then on the recorded default is on.
+    assert cli_main(args) == 0
+    assert "12 reused" in capsys.readouterr().out
+    # A new dataset is masked by default.
+    assert cli_main(args[:-4] + [str(tmp_path / "new")] + args[-3:]) == 0
+    new = json.loads((tmp_path / "new" / "annotations.json").read_text())
+    assert new["info"]["prepare"]["mask_background"] is True

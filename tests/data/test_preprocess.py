@@ -124,6 +124,75 @@ def test_options_validation_and_round_trip():
         PrepareOptions.from_dict({"bogus": 1})
 
 
+def test_masking_options_round_trip_and_legacy_records():
+    opts = PrepareOptions(mask_background=False, mask_margin=0.03)
+    assert PrepareOptions.from_dict(opts.to_dict()) == opts
+    assert PrepareOptions().mask_background is True  # new datasets are masked
+    legacy = {k: v for k, v in PrepareOptions().to_dict().items() if not k.startswith("mask_")}
+    assert PrepareOptions.from_dict(legacy).mask_background is False  # a record from before masking existed
+    # Masking off: the identity is the pre-masking dict, so old datasets keep their options hash.
+    assert PrepareOptions.from_dict(legacy).identity() == legacy
+    assert PrepareOptions().identity() == PrepareOptions().to_dict()
+    with pytest.raises(ValueError, match="mask_margin"):
+        PrepareOptions(mask_margin=0.7)
+
+
+def _synth_with_artefacts(tmp_path, seed, view, laterality):
+    from mammodetr.data.synth import LesionSpec, SynthOptions, render_mammogram
+
+    lesions = [LesionSpec("spiculated", 0.55, 0.3, 0.18, 0.3, seed=3), LesionSpec("circumscribed", 0.3, -0.6, 0.14,
+                                                                                   0.2, seed=4)]
+    img = render_mammogram(np.random.default_rng(seed), (320, 256), view=view, laterality=laterality, density=0.5,
+                           lesions=lesions, options=SynthOptions(film_edge=1.0, label_block=1.0))
+    return img, _png(tmp_path / f"{seed}{view}{laterality}.png", img.pixels)
+
+
+@pytest.mark.parametrize("view", ["CC", "MLO"])
+@pytest.mark.parametrize("laterality", ["L", "R"])
+def test_masking_removes_film_edge_label_and_marker_and_keeps_every_box(tmp_path, view, laterality):
+    img, path = _synth_with_artefacts(tmp_path, 7, view, laterality)
+    assert img.artefacts["film_edge"] and img.artefacts["label_block"] and len(img.boxes_xyxy_px) == 2
+    original = np.asarray(Image.open(path), dtype=np.float32) / 65535
+    boxes = img.boxes_xyxy_px.tolist()
+    prep = preprocess_image(path, PrepareOptions(crop=False, max_side=None), keep_boxes_xyxy=boxes)
+    assert prep.transform.ops == ()  # same pixels grid: compare directly
+    assert (prep.pixels[img.artefact_mask] == 0).all() and (original[img.artefact_mask] > 0).any()
+    np.testing.assert_array_equal(prep.pixels[img.breast_mask], original[img.breast_mask])
+    for x1, y1, x2, y2 in boxes:
+        np.testing.assert_array_equal(prep.pixels[y1:y2, x1:x2], original[y1:y2, x1:x2])
+    record = prep.background_mask
+    assert record["applied"] and record["boxes_outside_mask"] == 0 and record["reason"] == ""
+    # Everything but the breast and a margin is masked: at least the artefacts, at most all but the breast.
+    assert img.artefact_mask.mean() < record["fraction"] <= 1 - img.breast_mask.mean()
+    assert record["fraction"] > 1 - img.breast_mask.mean() - 0.08
+    off = preprocess_image(path, PrepareOptions(crop=False, max_side=None, mask_background=False))
+    assert off.background_mask is None
+    np.testing.assert_array_equal(off.pixels, original)
+
+
+def test_a_box_reaching_outside_the_breast_is_never_cut(tmp_path):
+    img, path = _synth_with_artefacts(tmp_path, 8, "CC", "L")
+    original = np.asarray(Image.open(path), dtype=np.float32) / 65535
+    # A (mislabelled or edge) box from inside the breast across the film edge and the label block.
+    box = [100.0, 250.5, 255.2, 318.0]
+    prep = preprocess_image(path, PrepareOptions(crop=False, max_side=None), keep_boxes_xyxy=[box])
+    np.testing.assert_array_equal(prep.pixels[250:318, 100:256], original[250:318, 100:256])
+    assert prep.background_mask["boxes_outside_mask"] == 1
+    assert (prep.pixels[:250][img.artefact_mask[:250]] == 0).all()  # the rest of the artefacts still go
+    # Bad boxes are ignored here (prepare reports them).
+    prep = preprocess_image(path, PrepareOptions(crop=False, max_side=None),
+                            keep_boxes_xyxy=[[float("nan"), 0, 5, 5], [10, 10, 10, 20]])
+    assert prep.background_mask["boxes_outside_mask"] == 0
+
+
+def test_masked_fraction_is_of_the_prepared_crop(tmp_path):
+    img, path = _synth_with_artefacts(tmp_path, 9, "MLO", "R")
+    cropped = preprocess_image(path, PrepareOptions(max_side=None))
+    whole = preprocess_image(path, PrepareOptions(crop=False, max_side=None))
+    assert 0 < cropped.background_mask["fraction"] < whole.background_mask["fraction"] < 1
+    assert cropped.background_mask["fraction"] <= float((cropped.pixels == 0).mean())  # masked pixels are 0
+
+
 def test_capped_size():
     assert capped_size_hw((3000, 2400), 2048) == (2048, 1638)
     assert capped_size_hw((100, 80), 2048) == (100, 80)

@@ -119,8 +119,54 @@ def test_split_dataset_writes_annotations(tmp_path):
 
 
 def test_assignment_does_not_depend_on_the_salted_ids():
+    """Datasets of older versions: ``source`` is the path, the ids salted hashes."""
     images = _images()
     for i, img in enumerate(images):
         img["source"] = f"raw/{img['patient_id']}_{i}.dcm"
     resalted = [{**img, "patient_id": "p_" + str(hash(("new-salt", img["patient_id"])) % 10**12)} for img in images]
     assert assign_splits(images, seed=5)[0] == assign_splits(resalted, seed=5)[0]
+
+
+def test_assignment_does_not_depend_on_the_id_key():
+    """Ids and sources are keyed hashes: another key changes both, the source files' digests stay."""
+    images = _images()
+    for i, img in enumerate(images):
+        img["source_digest"] = f"{hash(('file', img['patient_id'], i)) % 10**16:016x}"
+
+    def rekeyed(key):
+        return [{**img, "patient_id": "p_" + str(hash((key, img["patient_id"])) % 10**12),
+                 "source": "src_" + str(hash((key, img["source_digest"])) % 10**12)} for img in images]
+
+    assert assign_splits(rekeyed("key-a"), seed=5)[0] == assign_splits(rekeyed("key-b"), seed=5)[0]
+@pytest.mark.parametrize("k", [2, 5, 7])
+def test_stratified_groups_make_patient_level_folds(k):
+    from mammodetr.data.split import stratified_groups
+
+    images = _images(n_patients=70, seed=3)
+    groups = stratified_groups(images, [1 / k] * k, seed=2)
+    assert set(groups) == {img["id"] for img in images} and set(groups.values()) == set(range(k))
+    by_patient = defaultdict(set)
+    for img in images:
+        by_patient[img["patient_id"]].add(groups[img["id"]])
+    assert all(len(s) == 1 for s in by_patient.values())  # a patient's images stay together
+    worst = {pid: worst_label(i["label"] for i in images if i["patient_id"] == pid) for pid in by_patient}
+    for label in ("normal", "benign", "malignant"):
+        per_group = Counter(next(iter(by_patient[pid])) for pid in worst if worst[pid] == label)
+        counts = [per_group.get(g, 0) for g in range(k)]
+        assert max(counts) - min(counts) <= 1, (label, counts)  # every fold gets its share of each stratum
+    sizes = Counter(next(iter(s)) for s in by_patient.values())
+    assert max(sizes.values()) - min(sizes.values()) <= 1
+    # Deterministic, independent of record order; another seed gives other folds.
+    assert stratified_groups(list(reversed(images)), [1 / k] * k, seed=2) == groups
+    assert stratified_groups(images, [1 / k] * k, seed=3) != groups
+
+
+def test_stratified_groups_with_three_fractions_is_the_split():
+    from mammodetr.data.split import stratified_groups
+
+    images = _images(n_patients=40, seed=4)
+    splits, _ = assign_splits(images, (0.6, 0.2, 0.2), seed=9)
+    groups = stratified_groups(images, (0.6, 0.2, 0.2), seed=9)
+    assert {i: ("train", "val", "test")[g] for i, g in groups.items()} == splits
+    with pytest.raises(ValueError, match="sum to 1"):
+        stratified_groups(images, (0.5, 0.2), seed=0)

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from mammodetr.data.crop import breast_side, find_breast
 from mammodetr.data.image import to_uint16
@@ -157,3 +158,68 @@ def test_bad_arguments(tmp_path):
         generate_dataset(tmp_path, n_patients=1, fmt="jpg")
     with pytest.raises(ValueError, match="jpeg2000"):
         generate_dataset(tmp_path, n_patients=1, fmt="png", jpeg2000=True)
+
+
+@pytest.mark.parametrize("marker", ["letter", "square"])
+@pytest.mark.parametrize("laterality", ["L", "R"])
+@pytest.mark.parametrize("side", ["far", "top", "bottom"])
+def test_artefacts_leave_the_breast_alone(marker, laterality, side):
+    args = dict(view="MLO", laterality=laterality, density=0.5)
+    plain = render_mammogram(np.random.default_rng(4), (256, 208), options=SynthOptions(
+        film_edge=0.0, label_block=0.0, marker="none"), **args)
+    img = render_mammogram(np.random.default_rng(4), (256, 208), options=SynthOptions(
+        film_edge=1.0, film_edge_sides=(side,), label_block=1.0, marker=marker), **args)
+    assert img.artefacts == {"film_edge": True, "film_edge_side": side, "label_block": True, "marker": marker}
+    art = img.artefact_mask
+    assert not (art & img.breast_mask).any()
+    np.testing.assert_array_equal(img.pixels[~art], plain.pixels[~art])  # the breast does not depend on them
+    assert not plain.artefact_mask.any() and plain.artefacts["marker"] == "none"
+    assert img.pixels.max() == 1.0  # the marker pins the maximum
+    # The film edge runs the whole border, brighter than the breast's background.
+    far_col = 207 if laterality == "L" else 0
+    border = {"far": (slice(None), far_col), "top": (0, slice(None)), "bottom": (255, slice(None))}[side]
+    assert art[border].all() and (img.pixels[border] > 0.4).all()
+    # An MLO breast reaches the top and the bottom: a band there crosses it, and the breast mask gives those
+    # pixels up; the far border never touches it.
+    assert bool(plain.breast_mask[border].any() and not img.breast_mask[border].any()) is (side != "far")
+    # Marker and label block lie on the side away from the chest wall; the label holds dark letters in a bright
+    # block, in the lower half, clear of the breast.
+    far = slice(104, 208) if laterality == "L" else slice(0, 104)
+    band = np.zeros_like(art)
+    band[border] = True
+    band = ndimage.binary_propagation(band, mask=art)  # marker and label stand apart from the band
+    others = art & ~band
+    assert others[:, far].sum() == others.sum()
+    rows = np.flatnonzero(others[128:, far].any(axis=1))
+    block = img.pixels[128:][rows][:, far][others[128:][rows][:, far]]
+    assert (block > 0.7).mean() > 0.5 and (block < 0.2).sum() >= 10
+    grown = ndimage.binary_dilation(others[128:], iterations=6)
+    assert not (grown & img.breast_mask[128:]).any()
+
+
+def test_a_film_edge_never_crosses_a_lesion_box(tmp_path):
+    lesion = [LesionSpec("circumscribed", 0.2, -3.0, 0.2, 0.2, seed=1)]  # at the top of the axillary tail
+    img = render_mammogram(np.random.default_rng(0), (256, 208), view="MLO", laterality="L", density=0.4,
+                           lesions=lesion, options=SynthOptions(film_edge=1.0, film_edge_sides=("top",)))
+    assert len(img.boxes_xyxy_px) == 1 and img.boxes_xyxy_px[0, 1] < 0.04 * 256
+    assert img.artefacts["film_edge_side"] == "far"  # moved away from the box
+    x1, y1, x2, y2 = img.boxes_xyxy_px[0]
+    assert not img.artefact_mask[y1:y2, x1:x2].any()
+    with pytest.raises(ValueError, match="film_edge_sides"):
+        generate_dataset(tmp_path, n_patients=1, options=SynthOptions(film_edge_sides=("left",)))
+
+
+def test_artefact_bias_ties_artefacts_to_malignant_patients(tmp_path):
+    opts = SynthOptions(film_edge=0.5, label_block=0.5, artefact_bias=1.0)
+    generate_dataset(tmp_path, n_patients=8, image_size=(128, 104), seed=5, options=opts, progress=False)
+    manifest = json.loads((tmp_path / "synth_manifest.json").read_text())["images"]
+    table = read_table(tmp_path / "table.csv")
+    malignant_patients = {r["patient_id"] for r in table if r["label"] == "malignant"}
+    by_path = {r["image_path"]: r["patient_id"] in malignant_patients for r in table}
+    assert 0 < sum(by_path.values()) < len(by_path)
+    for entry in manifest:
+        malignant = by_path[entry["image_path"]]
+        assert entry["artefacts"]["film_edge"] is malignant
+        assert entry["artefacts"]["label_block"] is malignant or not entry["artefacts"]["label_block"]
+    with pytest.raises(ValueError, match="artefact_bias"):
+        generate_dataset(tmp_path / "x", n_patients=1, options=SynthOptions(artefact_bias=2.0), progress=False)

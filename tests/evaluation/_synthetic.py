@@ -50,6 +50,8 @@ def ground_truth_predictions(root: Path, rng, noise: float = 0.0) -> list[dict]:
     for im in coco["images"]:
         true_boxes = by_img.get(im["id"], [])
         boxes = np.asarray(true_boxes, dtype=float).reshape(-1, 4) + rng.normal(0, noise, (len(true_boxes), 4))
+        # noise larger than a box may swap its corners: keep [x1, y1, x2, y2] (evaluate refuses inverted boxes)
+        boxes = np.c_[np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])]
         extra = rng.uniform(0, 30, (1, 2))
         boxes = np.r_[boxes, np.c_[extra, extra + 5]][:3]
         scores = np.r_[rng.uniform(0.6, 1.0, len(boxes) - 1), rng.uniform(0, 0.5, 1)]

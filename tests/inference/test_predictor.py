@@ -140,3 +140,47 @@ def test_prepared_round_trip_through_evaluate(synth_dicoms, tmp_path):
             t = ImageTransform.from_dict(im["transform"])
             back += t.invert_boxes_xyxy(preds.by_name[im["file_name"]].boxes_xyxy_px[:n]).tolist()
     np.testing.assert_allclose(sorted(back), orig_all, atol=0.05)
+
+
+def test_scan_inputs_counts_what_is_not_an_image_and_takes_a_file_once(synth_dicoms, tmp_path):
+    import shutil
+
+    from mammodetr.inference.inputs import scan_inputs
+
+    root, _, _ = synth_dicoms
+    folder = tmp_path / "in"
+    folder.mkdir()
+    dicom = sorted((root / "images").glob("*.dcm"))[0]
+    shutil.copy(dicom, folder / "IM0001")  # DICOM without a suffix: an image
+    (folder / "notes.txt").write_text("x")
+    (folder / "README").write_text("not DICOM")
+    shutil.copy(dicom, folder / "b.dcm")
+    scan = scan_inputs([folder, folder / "b.dcm"])
+    assert scan.files == [folder / "IM0001", folder / "b.dcm"]
+    assert scan.skipped == [folder / "README", folder / "notes.txt"]
+    assert collect_inputs([folder]) == scan.files
+@pytest.mark.parametrize("masked", [True, False])
+def test_raw_files_are_prepared_exactly_as_the_dataset_was(synth_dicoms, tmp_path, masked):
+    """predict (and the viewer, which predicts through the same path) repeats prepare's masking on raw files."""
+    from PIL import Image
+
+    from mammodetr.data.converters import convert
+    from mammodetr.data.prepare import prepare_dataset
+
+    root, table, _ = synth_dicoms
+    out = tmp_path / "ds"
+    report = prepare_dataset(convert("csv", table), out, PrepareOptions(max_side=96, mask_background=masked),
+                             workers=0, progress=False, log=lambda s: None)
+    sources = json.loads(open(report["source_map"]).read())["sources"]  # the private hash -> path map
+    ann = json.loads((out / "annotations.json").read_text())
+    options = PrepareOptions.from_dict(ann["info"]["prepare"])
+    assert options.mask_background is masked
+    images = [img for img in ann["images"] if img["label"] == "normal"]  # no boxes: masking has nothing to keep
+    assert images and all((img["background_mask"] or {}).get("applied", False) is masked for img in images)
+    queue = [(torch.tensor([[0.5, 0.5, 0.1, 0.1]] * K), torch.zeros(K, dtype=torch.bool))] * len(images)
+    predictor = Predictor(ScriptedModel(queue), _config(prepare=options), batch_size=4)
+    results = list(predictor.iter_files([root / sources[img["source"]] for img in images]))
+    for img, res in zip(images, results, strict=True):
+        stored = np.asarray(Image.open(out / img["file_name"]), dtype=np.uint16)
+        np.testing.assert_array_equal(res.raw.pixels_u16, stored)
+        assert res.raw.prepared.background_mask == img["background_mask"]

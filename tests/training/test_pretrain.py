@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from mammodetr.cli import main as cli
+from mammodetr.config import ModelConfig
 from mammodetr.models.backbone import build_backbone
 from mammodetr.models.detr import build_model
-from mammodetr.config import ModelConfig
 from mammodetr.training import pretrain as pretrain_mod
 
 TINY = ["--backbone", "test_convnext", "--image-size", "64", "--batch-size", "6", "--workers", "0", "--device", "cpu",

@@ -6,7 +6,7 @@ command that needs it.
 
 Errors: a user error (a bad path or value, an unreadable input: ``ValueError``/``OSError``) is one line on
 stderr and exit code 2; anything else is an internal failure, one line and exit code 1. ``--debug`` adds the
-traceback to either.
+traceback to either, and turns on mammodetr's DEBUG log lines (such as a decoder's own report on a corrupt file).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "split": ("mammodetr.cli.split", "patient-level, label-stratified train/val/test split"),
     "train": ("mammodetr.cli.train", "train a multi-task DETR model"),
     "pretrain": ("mammodetr.cli.pretrain", "self-supervised pretraining of a backbone on unlabelled images"),
+    "cv": ("mammodetr.cli.cv", "k-fold cross-validation: a run per fold, out-of-fold predictions in one report"),
     "predict": ("mammodetr.cli.predict", "predict malignancy and lesion boxes for images"),
     "sr-read": ("mammodetr.cli.sr_read", "print the findings of a DICOM SR written by predict --dicom-sr"),
     "evaluate": ("mammodetr.cli.evaluate", "compute metrics and write a report for a dataset split"),
@@ -34,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("mammodetr.cli.demo", "synthetic data -> prepare -> split -> train -> evaluate, offline"),
 }
 # Commands whose progress is worth an INFO line per step (epochs, phases); the others log warnings only.
-_CHATTY = {"train", "pretrain", "demo", "evaluate"}
+_CHATTY = {"train", "pretrain", "cv", "demo", "evaluate"}
 
 
 def _module(name: str):
@@ -56,14 +57,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        # "[Errno 30] Read-only file system: 'runs/x'" -> "runs/x: Read-only file system"
+        text = f"{exc.filename}: {exc.strerror}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    else:
+        text = str(exc)
+    text = " ".join(text.split())
     return text or type(exc).__name__
 
 
-def _setup_logging(command: str) -> None:
-    timed = command in ("train", "pretrain", "demo")
+def _setup_logging(command: str, debug: bool = False) -> None:
+    timed = command in ("train", "pretrain", "cv", "demo")
     fmt = "%(asctime)s %(levelname)s %(message)s" if timed else "%(levelname)s %(message)s"
     logging.basicConfig(level=logging.INFO if command in _CHATTY else logging.WARNING, format=fmt, stream=sys.stderr)
+    if debug:  # our own details (e.g. a decoder's log lines and tracebacks for a corrupt file), not every library's
+        logging.getLogger("mammodetr").setLevel(logging.DEBUG)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_help()
         return 2
     debug = getattr(args, "debug", False)
-    _setup_logging(args.command)
+    _setup_logging(args.command, debug)
     try:
         return int(_module(args.command).run(args) or 0)
     except KeyboardInterrupt:

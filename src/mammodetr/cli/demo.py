@@ -6,6 +6,7 @@ synth (DICOM) -> prepare -> split -> train a small configuration -> evaluate on 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from mammodetr.config import RunConfig, apply_overrides
 from mammodetr.evaluation.evaluate import evaluate_checkpoint
 from mammodetr.inference.predictor import Predictor
 from mammodetr.metrics.scoring import EvaluationOptions
+from mammodetr.outputs import claim_outputs, move_all_aside
 from mammodetr.training.trainer import format_summary, train
 
 DEMO_MODEL = {
@@ -42,10 +44,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples for the CIs")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="a non-empty --out is moved aside to NAME.replaced-<date>-<time> (never deleted) instead of "
+                        "being refused")
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    for line in move_all_aside(claim_outputs({"--out": out}, {}, overwrite=args.overwrite)):
+        print(line, file=sys.stderr)
     raw, data, run_dir, eval_dir = out / "synthetic", out / "dataset", out / "run", out / "evaluation"
     t0 = time.perf_counter()
     quiet = ["--no-progress"] if args.no_progress else []
@@ -58,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
             "--seed", str(args.seed), *quiet]) != 0:
         return 1
     step("2/5 prepare: read DICOM, crop to the breast, write 16-bit PNGs + COCO annotations")
+    # Synthetic patients: the demo keeps its own id key beside the dataset instead of making one in ~/.config.
     if cli(["prepare", "--source", "csv", "--input", str(raw / "table.csv"), "--out", str(data),
-            "--max-side", "512"]) != 0:
+            "--max-side", "512", "--id-key", str(out / "id.key")]) != 0:
         return 1
     step("3/5 patient-level split")
     if cli(["split", "--data", str(data), "--seed", str(args.seed)]) != 0:

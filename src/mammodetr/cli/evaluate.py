@@ -1,12 +1,17 @@
-"""``mammodetr evaluate``: metrics.json + report for one split of a prepared dataset."""
+"""``mammodetr evaluate``: metrics.json + report for one split of a prepared dataset.
+
+``--out`` may not be, lie inside or contain the dataset, the predictions file or the checkpoint, and a folder
+that is not empty is refused unless ``--overwrite`` (which moves it aside).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
-from mammodetr.checkpoint import file_sha256
+from mammodetr.checkpoint import file_sha256, resolve_checkpoint
 from mammodetr.cli.options import add_dataclass_flags, default_of, given
 from mammodetr.data.ground_truth import load_split
 from mammodetr.evaluation.evaluate import evaluate_checkpoint, evaluate_split
@@ -15,6 +20,7 @@ from mammodetr.inference.predictions import PredictionSet, read_predictions
 from mammodetr.inference.predictor import Predictor
 from mammodetr.metrics.classification import threshold_at_sensitivity
 from mammodetr.metrics.scoring import EvaluationOptions, align_predictions
+from mammodetr.outputs import claim_outputs, move_all_aside
 
 # Set by the command itself, not by flags.
 _DERIVED = ("threshold_source", "val_threshold", "val_threshold_source")
@@ -43,11 +49,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-verify", action="store_true",
                         help="load weights whose SHA-256 differs from the one recorded (hand-edited weights)")
     parser.add_argument("--no-report", action="store_true", help="write metrics.json only")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="a non-empty --out folder is moved aside to NAME.replaced-<date>-<time> (never deleted) "
+                             "instead of being refused")
+
+
+def _is_predictions_file(source: str) -> bool:
+    return Path(source).is_file() and Path(source).suffix in (".jsonl", ".json")
 
 
 def _predictions_from(source: str, args, split: str) -> PredictionSet:
     path = Path(source)
-    if path.is_file() and path.suffix in (".jsonl", ".json"):
+    if _is_predictions_file(source):
         return read_predictions(path)
     predictor = Predictor.from_checkpoint(path, device=args.device, batch_size=args.batch_size,
                                           verify=not args.no_verify, tta=args.tta)
@@ -72,15 +85,33 @@ def _options(args) -> EvaluationOptions:
     return options
 
 
+def _claim_out(args) -> list[Path]:
+    """Refuse an --out that would mix with an input or an earlier evaluation, before anything runs."""
+    def model(source: str | None) -> Path | None:
+        if source is None or _is_predictions_file(source):
+            return Path(source) if source else None
+        return resolve_checkpoint(source)
+
+    inputs = {"--data": args.data, "--predictions": args.predictions, "--checkpoint": model(args.checkpoint),
+              "--val-threshold-from": model(args.val_threshold_from)}
+    return claim_outputs({"--out": args.out}, inputs, overwrite=args.overwrite)
+
+
 def run(args: argparse.Namespace) -> int:
+    aside = _claim_out(args)
     options = _options(args)
+    predictor = preds = None
     if args.checkpoint:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
                                               verify=not args.no_verify, tta=args.tta)
+    else:
+        preds = read_predictions(args.predictions)
+    for line in move_all_aside(aside):  # only once every input has been read
+        print(line, file=sys.stderr)
+    if predictor is not None:
         result = evaluate_checkpoint(predictor, args.data, args.out, options, split=args.split,
                                      checkpoint=args.checkpoint, report=not args.no_report)
     else:
-        preds = read_predictions(args.predictions)
         source = {"predictions": str(args.predictions), "predictions_hash": file_sha256(args.predictions)}
         result = evaluate_split(args.data, args.out, preds, options, split=args.split, source=source,
                                 report=not args.no_report)

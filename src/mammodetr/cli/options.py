@@ -74,14 +74,31 @@ def _flag_spec(hint: Any) -> dict[str, Any]:
     return {"type": str}
 
 
+def _at_least(convert, minimum):
+    """An argparse type: ``convert``, then refuse a value below ``minimum`` (the field's ``metadata["min"]``)."""
+    def parse(text: str):
+        value = convert(text)
+        if value != "none" and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
 def add_field_flag(parser, cls: type, name: str, flag: str | None = None, help: str | None = None, **extra) -> None:
-    """One flag for field ``name`` of ``cls`` (``dest`` is the field name unless ``extra`` says otherwise)."""
+    """One flag for field ``name`` of ``cls`` (``dest`` is the field name unless ``extra`` says otherwise).
+
+    A field's ``metadata={"min": m}`` makes the parser refuse values below ``m``, before anything runs.
+    """
     hint = get_type_hints(cls)[name]
     default = {f.name: f for f in dataclasses.fields(cls)}[name]
     shown = default.default if default.default is not dataclasses.MISSING else default.default_factory()
     text = help if help is not None else field_help(cls).get(name, "")
     spec = {"dest": name, "default": None, "help": f"{text} (default: {_shown(shown)})".strip(), **_flag_spec(hint),
             **extra}
+    if "min" in default.metadata and "type" in spec:
+        spec["type"] = _at_least(spec["type"], default.metadata["min"])
     parser.add_argument(flag or "--" + name.replace("_", "-"), **spec)
 
 

@@ -63,7 +63,8 @@ def _section_class(path: str) -> tuple[type, str]:
     return get_type_hints(RunConfig)[section], name
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """``--config``, every flag of :data:`FLAGS` and ``--set``: the recipe (``train`` and ``cv`` share them)."""
     p.add_argument("--config", action="append", default=[], metavar="FILE.yaml",
                    help="YAML config layer(s), applied in order")
     for flag, path in FLAGS.items():
@@ -71,7 +72,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         add_field_flag(p, cls, name, flag, dest=path.replace(".", "__"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. model.d_model=128")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from RUN_DIR/checkpoints/last")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out that holds an earlier run: its contents are moved aside to "
+                        "NAME.replaced-<date>-<time> (never deleted) once the data and the model are ready; without "
+                        "--overwrite or --resume an existing, non-empty --out is refused")
+    p.add_argument("--no-verify", action="store_true",
+                   help="with --resume: load weights whose SHA-256 differs from the one recorded (hand-edited weights)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
@@ -86,6 +97,15 @@ def _flag_overrides(args: argparse.Namespace) -> dict:
     return out
 
 
+def apply_config_arguments(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """The layers over ``cfg``, in order: ``--config`` files, then the flags, then ``--set``."""
+    for path in args.config:
+        apply_overrides(cfg, load_yaml(path))
+    apply_overrides(cfg, _flag_overrides(args))
+    apply_overrides(cfg, parse_assignments(args.set))
+    return cfg
+
+
 def resolve_config(args: argparse.Namespace) -> RunConfig:
     if args.resume:
         stored = Path(args.resume) / "config.json"
@@ -94,10 +114,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         cfg = RunConfig.from_dict(json.loads(stored.read_text(encoding="utf-8")))
     else:
         cfg = RunConfig()
-    for path in args.config:
-        apply_overrides(cfg, load_yaml(path))
-    apply_overrides(cfg, _flag_overrides(args))
-    apply_overrides(cfg, parse_assignments(args.set))
+    apply_config_arguments(cfg, args)
     if args.resume:
         cfg.train.out = str(args.resume)
     cfg.validate()
@@ -112,8 +129,11 @@ def run(args: argparse.Namespace) -> int:
         cfg.resolve_auto()  # show what the run would use
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues a run and --overwrite starts it again: pass one of them")
     try:
-        summary = train(cfg, resume=bool(args.resume), progress=not args.no_progress)
+        summary = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, verify=not args.no_verify,
+                        progress=not args.no_progress)
     except NonFiniteLossError as exc:
         print(f"mammodetr train: {exc}", file=sys.stderr)
         return 1

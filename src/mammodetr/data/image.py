@@ -6,13 +6,15 @@ Kept apart from the readers so that :mod:`mammodetr.data.io` (which dispatches o
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageReadError", "LoadedImage", "to_uint16", "too_large_reason"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageReadError", "LoadedImage", "file_problem", "to_uint16", "too_large_reason"]
 
 # Decoded pixels (rows x columns x frames) above which a file is refused before decoding, so that a corrupt
 # header or a decompression bomb cannot exhaust memory; a full-field mammogram has about 10-15 million.
@@ -36,6 +38,39 @@ class ImageReadError(ValueError):
 def too_large_reason(rows: int, cols: int, frames: int, max_pixels: int) -> str:
     """The reason every reader gives for refusing an image over ``max_pixels``."""
     return f"image too large: {rows}x{cols}x{frames} frames = {rows * cols * frames} pixels > max_pixels={max_pixels}"
+
+
+_NOT_A_FILE = (
+    (stat.S_ISDIR, "is a directory, not an image file"),
+    (stat.S_ISFIFO, "is a FIFO (named pipe), not an image file; not read"),
+    (stat.S_ISCHR, "is a character device (such as /dev/zero), not an image file; not read"),
+    (stat.S_ISBLK, "is a block device, not an image file; not read"),
+    (stat.S_ISSOCK, "is a socket, not an image file; not read"),
+)
+
+
+def file_problem(path: str | os.PathLike[str], missing: str = "file not found") -> str | None:
+    """Why ``path`` cannot be read as an image file without opening it, or None for a regular file.
+
+    A FIFO or a device (a link to ``/dev/zero``) is named for what it is and never opened: reading one would
+    hang or never end. Links are followed; a dangling link and a link loop are named as such.
+
+    Args:
+        path: The path to check.
+        missing: The reason given when nothing is there.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "broken symbolic link (its target does not exist)" if os.path.islink(path) else missing
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (too many levels of links)"
+        return f"cannot access file ({exc.strerror or type(exc).__name__})"
+    for is_kind, reason in _NOT_A_FILE:
+        if is_kind(st.st_mode):
+            return reason
+    return None
 
 
 @dataclass

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from mammodetr.data.crop import breast_side
-from mammodetr.data.dicom import read_dicom, scrub_identifiers
-from mammodetr.data.image import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage, too_large_reason
+from mammodetr.data.dicom import read_dicom
+from mammodetr.data.dicom_redact import foreign_text
+from mammodetr.data.image import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage, file_problem, too_large_reason
 from mammodetr.data.laterality import chest_wall_side
 
 __all__ = [
@@ -57,6 +58,8 @@ def sniff_path(path: str | os.PathLike[str]) -> str | None:
 
     Never raises on a missing or unreadable file, so it can filter a folder listing.
     """
+    if file_problem(path) is not None:  # never open a FIFO or a device
+        return None
     try:
         with open(path, "rb") as fh:
             head = fh.read(_SNIFF_BYTES)
@@ -80,8 +83,9 @@ def read_image(
 
     Args:
         path: Image file.
-        frame: Frame (DICOM) or page (TIFF) to take from a multi-frame file; multi-frame files are refused
-            without it. For single-frame files only ``None`` or ``0`` is accepted.
+        frame: Frame (DICOM) or page (TIFF) to take from a multi-frame file (0-based); multi-frame files are
+            refused without it. It applies to multi-frame files only: a single-frame file gives its one image
+            whatever ``frame`` says, so one value serves a dataset mixing both.
         allow_for_processing: Accept DICOM "FOR PROCESSING" (raw detector) images.
         max_pixels: Refuse images whose ``rows * columns * frames`` exceeds this, before decoding.
 
@@ -103,24 +107,23 @@ def read_image(
     except MemoryError:
         raise ImageReadError(path, "out of memory while decoding") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure becomes one clear line
-        msg = scrub_identifiers(str(exc), p) if fmt == "dicom" else str(exc)
-        raise ImageReadError(path, f"cannot decode {fmt} ({type(exc).__name__}: {msg[:300]})") from None
+        if fmt == "dicom":
+            with open(p, "rb") as fh:
+                detail = foreign_text(exc, fh.read(1 << 20))
+        else:
+            detail = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        raise ImageReadError(path, f"cannot decode {fmt} ({detail})") from None
     loaded.pixels = _validated(path, loaded.pixels)
     loaded.meta.setdefault("format", fmt)
     return loaded
 
 
 def _check_file(path: str | os.PathLike[str], p: Path) -> None:
-    """Refuse a missing, inaccessible, directory or empty path."""
-    try:
-        size = p.stat().st_size
-    except FileNotFoundError:
-        raise ImageReadError(path, "file not found") from None
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot access file ({exc.strerror or type(exc).__name__})") from None
-    if p.is_dir():
-        raise ImageReadError(path, "is a directory, not an image file")
-    if size == 0:
+    """Refuse a missing, inaccessible or empty path, a directory, a FIFO or a device (without opening it)."""
+    problem = file_problem(p)
+    if problem is not None:
+        raise ImageReadError(path, problem)
+    if p.stat().st_size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
 
 
@@ -204,8 +207,6 @@ def _to_gray(arr: np.ndarray) -> np.ndarray:
 
 
 def _read_pgm(path: Path, *, frame: int | None, max_pixels: int) -> LoadedImage:
-    if frame not in (None, 0):
-        raise ImageReadError(path, f"frame={frame} requested but PGM files hold a single image")
     data = path.read_bytes()
     magic = data[:2]
     tokens: list[int] = []
@@ -255,8 +256,6 @@ def _read_pgm(path: Path, *, frame: int | None, max_pixels: int) -> LoadedImage:
 def _read_pillow(path: Path, fmt: str, *, frame: int | None, max_pixels: int) -> LoadedImage:
     from PIL import Image
 
-    if frame not in (None, 0):
-        raise ImageReadError(path, f"frame={frame} requested but {fmt.upper()} files hold a single image")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(path) as img:
@@ -299,7 +298,7 @@ def _read_tiff(path: Path, *, frame: int | None, max_pixels: int) -> LoadedImage
             raise ImageReadError(path, "TIFF has no pages")
         if n_pages > 1 and frame is None:
             raise ImageReadError(path, f"multi-page TIFF ({n_pages} pages); pass frame=k to take one page")
-        index = 0 if frame is None else int(frame)
+        index = 0 if frame is None or n_pages == 1 else int(frame)
         if index >= n_pages:
             raise ImageReadError(path, f"frame={index} out of range (file has {n_pages} pages)")
         page = pages[index]
@@ -318,6 +317,8 @@ def _read_tiff(path: Path, *, frame: int | None, max_pixels: int) -> LoadedImage
         pixels = _to_gray(arr.astype(np.float32)) / np.float32(scale)
     elif arr.dtype.kind == "f":
         pixels = _to_gray(arr.astype(np.float32))
+        if not np.isfinite(pixels).all():
+            raise ImageReadError(path, "non-finite values (NaN or infinity) in a floating-point TIFF")
         lo, hi = float(np.nanmin(pixels)), float(np.nanmax(pixels))
         if lo < 0.0 or hi > 1.0:
             pixels = (pixels - lo) / np.float32(hi - lo) if hi > lo else np.zeros_like(pixels)

@@ -6,14 +6,15 @@ image pixels, xyxy, top-left origin) plus a list of :class:`Problem` (one per ro
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 LABELS = ("normal", "benign", "malignant")
 _LABEL_RANK = {name: i for i, name in enumerate(LABELS)}
 SPLITS = ("train", "val", "test")
+# The action of a CSV row dropped because it repeats an earlier row cell for cell (counted in prepare's report).
+DUPLICATE_ROW = "dropped duplicate row"
 
 
 def worst_label(labels) -> Optional[str]:
@@ -26,12 +27,6 @@ def check_label(label: str) -> str:
     if label not in _LABEL_RANK:
         raise ValueError(f"label {label!r} is not one of {', '.join(LABELS)}")
     return label
-
-
-def opaque_id(kind: str, raw: str, salt: str = "") -> str:
-    """A stable, non-reversible stand-in for an identifier (patient, study) safe for outputs and logs."""
-    digest = hashlib.sha256(f"{salt}\x00{kind}\x00{raw}".encode("utf-8")).hexdigest()
-    return f"{kind[0]}_{digest[:16]}"
 
 
 @dataclass
@@ -63,8 +58,8 @@ class ImageRecord:
         image_path: absolute path of the source image.
         key: the source's own image identifier (a path relative to the input, a COCO id, an image uid); two
             records with the same key are duplicates.
-        patient_id: the source's patient group id. It stays in memory: ``prepare`` writes only a salted hash
-            of it (:func:`opaque_id`) and problems name rows and files, never patients.
+        patient_id: the source's patient group id. It stays in memory: ``prepare`` writes only its keyed hash
+            (:meth:`~mammodetr.data.id_key.IdKey.pseudonym`) and problems name rows and files, never patients.
         label: image label, "normal" | "benign" | "malignant".
         laterality: "L" | "R" | None (from the table; the image tag is used when this is None).
         view: "CC" | "MLO" | ... | None.
@@ -94,18 +89,30 @@ class ImageRecord:
 class Problem:
     """A problem found in the input: ``where`` names the file (and row), ``what`` says what is wrong.
 
-    ``action`` is what happened: "skipped image", "skipped box", "clipped box", "used first", "note".
+    Attributes:
+        where: The file (and row) the problem is in, as the person running ``prepare`` knows it.
+        what: What is wrong.
+        action: What happened: "skipped image", "skipped box", "clipped box", "used first", "note", ...
+        paths: Every source path (as written in ``where``/``what``) that must not reach the dataset folder: the
+            line on the terminal names them, :meth:`to_dict` replaces each with its keyed hash.
     """
 
     where: str
     what: str
     action: str = "skipped image"
+    paths: tuple[str, ...] = ()
 
     def line(self) -> str:
         return f"{self.where}: {self.what} ({self.action})"
 
-    def to_dict(self) -> dict:
-        return {"file": self.where, "problem": self.what, "action": self.action}
+    def to_dict(self, hide: Callable[[str], str] | None = None) -> dict:
+        """``{"file", "problem", "action"}``; with ``hide``, each path of :attr:`paths` becomes ``hide(path)``."""
+        where, what = self.where, self.what
+        if hide is not None:
+            for path in sorted({p for p in self.paths if p}, key=len, reverse=True):
+                hidden = hide(path)
+                where, what = where.replace(path, hidden), what.replace(path, hidden)
+        return {"file": where, "problem": what, "action": self.action}
 
 
 @dataclass

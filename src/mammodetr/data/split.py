@@ -1,10 +1,13 @@
-"""Patient-level, label-stratified train/val/test split of a prepared dataset, and the leakage check.
+"""Patient-level, label-stratified train/val/test split of a prepared dataset, k-fold groups, and the leakage check.
 
 All images of a patient land in one split. Patients are stratified by their worst image label (malignant >
 benign > normal) and each stratum is divided by the fractions (largest-remainder rounding), so every split
 gets about the same share of malignant, benign and normal patients. When the dataset has an official test
 split (``official_split == "test"``, e.g. CBIS-DDSM, VinDr), it is kept as the test split and validation is
 carved out of the remaining patients by patient, with ``val / (train + val)`` of them.
+
+:func:`stratified_groups` is the same stratification for any number of groups (``mammodetr cv`` draws its folds
+and each fold's validation patients with it).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from mammodetr.atomic import write_json
 from mammodetr.data.prepare import ANNOTATIONS_FILE
 from mammodetr.data.records import LABELS, SPLITS, worst_label
 
-__all__ = ["LeakageError", "check_no_leakage", "assign_splits", "split_dataset", "split_counts"]
+__all__ = ["LeakageError", "check_no_leakage", "assign_splits", "stratified_groups", "split_dataset",
+           "split_counts"]
 
 
 class LeakageError(ValueError):
@@ -85,6 +89,64 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     return f  # type: ignore[return-value]
 
 
+def _by_patient(images: Sequence[dict]) -> dict[str, list[dict]]:
+    by_patient: dict[str, list[dict]] = defaultdict(list)
+    for img in images:
+        by_patient[str(img["patient_id"])].append(img)
+    return by_patient
+
+
+def _patient_order(by_patient: dict[str, list[dict]]) -> list[str]:
+    """Patients ordered by their source files' digests, not by id: ids are keyed hashes, and a split must neither
+    change when the same source is prepared under another id key nor depend on the order of the records.
+    (Datasets of older versions have no digest; their ``source`` was the path.)"""
+    def source_key(pid: str) -> tuple[str, str]:
+        return min(str(img.get("source_digest") or img.get("source") or "") for img in by_patient[pid]), pid
+
+    return sorted(by_patient, key=source_key)
+
+
+def _stratified(by_patient: dict[str, list[dict]], pids: Sequence[str], fractions: Sequence[float], seed: int
+                ) -> dict[str, int]:
+    """Patient -> group index: each worst-label stratum shuffled and divided by ``fractions``."""
+    rng = np.random.default_rng(seed)
+    strata: dict[str, list[str]] = defaultdict(list)
+    for pid in pids:
+        strata[worst_label(img["label"] for img in by_patient[pid]) or "normal"].append(pid)
+    carry = [0.0] * len(fractions)
+    groups: dict[str, int] = {}
+    for label in reversed(LABELS):  # the rarest, most important stratum (malignant) is rounded first
+        members = strata.get(label, [])
+        order = rng.permutation(len(members))
+        bounds = np.cumsum([0] + _allocate(len(members), fractions, carry))
+        for k in range(len(fractions)):
+            for j in order[bounds[k]: bounds[k + 1]]:
+                groups[members[j]] = k
+    return groups
+
+
+def stratified_groups(images: Sequence[dict], fractions: Sequence[float], seed: int = 0) -> dict:
+    """Divide images into groups by patient, each worst-label stratum in the proportions ``fractions``.
+
+    The split's stratification for any number of groups (official splits are not looked at): k equal
+    fractions give k folds with about the same share of malignant, benign and normal patients each.
+
+    Args:
+        images: image dicts with ``id``, ``patient_id``, ``label`` and ideally ``source``.
+        fractions: one non-negative share per group, summing to 1.
+        seed: shuffling seed (the result depends only on it and the set of patients, labels and sources).
+
+    Returns:
+        image id -> group index (0-based).
+    """
+    f = [float(v) for v in fractions]
+    if not f or any(v < 0 for v in f) or abs(sum(f) - 1.0) > 1e-6:
+        raise ValueError(f"fractions must be non-negative and sum to 1, got {list(fractions)}")
+    by_patient = _by_patient(images)
+    groups = _stratified(by_patient, _patient_order(by_patient), f, seed)
+    return {img["id"]: groups[str(img["patient_id"])] for img in images}
+
+
 def assign_splits(images: Sequence[dict], fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0
                   ) -> tuple[dict, dict]:
     """Assign each image a split by patient, stratified by the patient's worst label.
@@ -99,9 +161,7 @@ def assign_splits(images: Sequence[dict], fractions: Sequence[float] = (0.7, 0.1
         (``official_test_kept``, ``patients_moved_to_test`` for patients found in both official splits).
     """
     f = _check_fractions(fractions)
-    by_patient: dict[str, list[dict]] = defaultdict(list)
-    for img in images:
-        by_patient[str(img["patient_id"])].append(img)
+    by_patient = _by_patient(images)
     official = {pid: {img.get("official_split") for img in imgs} - {None} for pid, imgs in by_patient.items()}
     has_official_test = any("test" in s for s in official.values())
     info = {"fractions": list(f), "seed": int(seed), "official_test_kept": has_official_test,
@@ -109,12 +169,7 @@ def assign_splits(images: Sequence[dict], fractions: Sequence[float] = (0.7, 0.1
 
     assignment: dict[str, str] = {}
     free: list[str] = []
-    # Patients ordered by their source files, not by id: ids are salted hashes, and the split must neither
-    # change when the same source is prepared again with a new salt nor depend on the order of the records.
-    def source_key(pid: str) -> tuple[str, str]:
-        return min(str(img.get("source") or "") for img in by_patient[pid]), pid
-
-    for pid in sorted(by_patient, key=source_key):
+    for pid in _patient_order(by_patient):
         s = official[pid]
         if has_official_test and "test" in s:
             assignment[pid] = "test"
@@ -129,19 +184,8 @@ def assign_splits(images: Sequence[dict], fractions: Sequence[float] = (0.7, 0.1
     else:
         target = f
 
-    rng = np.random.default_rng(seed)
-    strata: dict[str, list[str]] = defaultdict(list)
-    for pid in free:
-        strata[worst_label(img["label"] for img in by_patient[pid]) or "normal"].append(pid)
-    carry = [0.0, 0.0, 0.0]
-    for label in reversed(LABELS):  # the rarest, most important stratum (malignant) is rounded first
-        pids = strata.get(label, [])
-        order = rng.permutation(len(pids))
-        counts = _allocate(len(pids), target, carry)
-        bounds = np.cumsum([0] + counts)
-        for k, split in enumerate(SPLITS):
-            for j in order[bounds[k]: bounds[k + 1]]:
-                assignment[pids[j]] = split
+    for pid, k in _stratified(by_patient, free, target, seed).items():
+        assignment[pid] = SPLITS[k]
     splits = {img["id"]: assignment[str(img["patient_id"])] for img in images}
     return splits, info
 

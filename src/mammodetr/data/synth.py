@@ -9,9 +9,15 @@ Ingredients: a breast outline (half-ellipse on CC; on MLO a drooping outline wit
 pectoral-muscle triangle in the upper chest-wall corner), a thickness fall-off toward the skin line,
 fibroglandular tissue from power-law (1/f^beta) noise whose amount follows the patient's density, and
 lesions: benign round/oval circumscribed masses; malignant spiculated irregular masses or clustered
-calcifications. A bright lead marker sits in the upper corner opposite the chest wall (it also pins the
-image's maximum at 1, so min-max normalisation of unwindowed DICOMs is the identity). Ground-truth boxes are
-the bounding boxes of each lesion's rendered mask. Everything is deterministic given the seed.
+calcifications. A bright lead marker (the laterality letter) sits in the upper corner opposite the chest wall
+(it also pins the image's maximum at 1, so min-max normalisation of unwindowed DICOMs is the identity).
+
+Film artefacts, the shortcuts a model can learn instead of the breast: a bright film-edge band along the border
+away from the chest wall or along the top or bottom one (where it may cross the breast, never a lesion), and a
+burnt-in label block (a bright block with dark letters: the view and a site code, never an identifier) low in the
+free part of the image, between the breast and the border. Each appears with its own chance per image;
+``artefact_bias`` ties them to malignant patients. Ground-truth boxes are the bounding boxes of each
+lesion's rendered mask. Everything is deterministic given the seed.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -32,6 +38,8 @@ from mammodetr.data.png16 import write_png16
 
 LABELS = ("normal", "benign", "malignant")
 DICOM_VARIANTS = ("mono2", "mono1", "window", "mono1_window", "sigmoid")
+FILM_EDGE_SIDES = ("far", "top", "bottom")
+_SIDE_WEIGHT = {"far": 2.0, "top": 1.0, "bottom": 1.0}
 TABLE_COLUMNS = (
     "image_path", "patient_id", "label", "laterality", "view", "study_id", "x1", "y1", "x2", "y2", "lesion_label"
 )
@@ -63,6 +71,11 @@ class SynthOptions:
         noise: Standard deviation of the per-pixel noise inside the breast.
         work_size: Long side of the grid on which outline and texture are computed.
         variants: DICOM encodings to draw from (see DICOM_VARIANTS).
+        film_edge: Chance of a film edge: a bright band along the top, bottom or non-chest-wall border.
+        film_edge_sides: Borders a film edge may run along: far (from the chest wall; 2x as likely), top, bottom.
+        label_block: Chance of a burnt-in film label (bright block, dark letters) low beside the breast.
+        marker: Lead marker in the upper corner away from the chest wall: the laterality letter, a square or none.
+        artefact_bias: 0..1, how much film edges and labels favour malignant patients (0: a shortcut-free task).
     """
 
     p_normal: float = 0.4
@@ -78,6 +91,22 @@ class SynthOptions:
     noise: float = 0.012
     work_size: int = 512
     variants: tuple[str, ...] = DICOM_VARIANTS
+    film_edge: float = 0.5
+    film_edge_sides: tuple[str, ...] = FILM_EDGE_SIDES
+    label_block: float = 0.5
+    marker: Literal["letter", "square", "none"] = "letter"
+    artefact_bias: float = 0.0
+
+
+def artefact_chances(options: SynthOptions, malignant: bool) -> tuple[float, float]:
+    """Chances of a film edge and of a label block on one image of a malignant (or other) patient.
+
+    With ``artefact_bias`` b, a chance p becomes ``p + (1 - p) * b`` for malignant patients and ``p * (1 - b)``
+    for the others: b = 0 leaves p, b = 1 puts the artefact on every malignant patient's image and on no other.
+    """
+    b = float(options.artefact_bias)
+    return tuple(p + (1 - p) * b if malignant else p * (1 - b)  # type: ignore[return-value]
+                 for p in (float(options.film_edge), float(options.label_block)))
 
 
 @dataclass(frozen=True)
@@ -114,7 +143,10 @@ class SynthImage:
         boxes_xyxy_px: ``int (N, 4)`` lesion boxes, pixel corners (x2 = last column + 1).
         lesion_labels: ``benign``/``malignant`` per box.
         lesion_kinds: Lesion kind per box.
-        breast_mask: ``bool (H, W)`` breast region (including pectoral muscle).
+        breast_mask: ``bool (H, W)`` breast region (including pectoral muscle) where no film edge covers it.
+        artefact_mask: ``bool (H, W)`` film edge, label block and marker pixels (never overlapping the breast).
+        artefacts: Which artefacts were drawn (``film_edge``, ``label_block``: bool; ``film_edge_side``: "far"
+            (the border away from the chest wall), "top", "bottom" or None; ``marker``: its kind).
     """
 
     pixels: np.ndarray
@@ -122,6 +154,8 @@ class SynthImage:
     lesion_labels: list[str] = field(default_factory=list)
     lesion_kinds: list[str] = field(default_factory=list)
     breast_mask: np.ndarray | None = None
+    artefact_mask: np.ndarray | None = None
+    artefacts: dict = field(default_factory=dict)
 
 
 def powerlaw_noise(rng: np.random.Generator, shape: tuple[int, int], beta: float) -> np.ndarray:
@@ -281,6 +315,7 @@ def render_mammogram(
     density: float,
     lesions: Sequence[LesionSpec] = (),
     options: SynthOptions = SynthOptions(),
+    artefact_odds: tuple[float, float] | None = None,
 ) -> SynthImage:
     """Render one view.
 
@@ -292,6 +327,9 @@ def render_mammogram(
         density: 0 (fatty) .. 1 (extremely dense).
         lesions: Lesions to draw.
         options: Generator options.
+        artefact_odds: Chances of a film edge and of a label block (default: ``options.film_edge`` and
+            ``options.label_block``; see :func:`artefact_chances`). They are drawn from a stream of their own,
+            so the breast and its lesions do not depend on them.
 
     Returns:
         SynthImage with ``pixels float32 (H, W)`` in ``[0, 1]`` and exact lesion boxes.
@@ -317,12 +355,126 @@ def render_mammogram(
         inside_full = np.ascontiguousarray(inside_full[:, ::-1])
         if len(boxes_arr):
             boxes_arr = np.stack([W - boxes_arr[:, 2], boxes_arr[:, 1], W - boxes_arr[:, 0], boxes_arr[:, 3]], axis=1)
-    # Lead marker in the upper corner away from the chest wall.
+    odds = artefact_odds if artefact_odds is not None else (options.film_edge, options.label_block)
+    artefact_mask, drawn = _draw_artefacts(pixels, inside_full, laterality, view, _artefact_stream(rng), odds,
+                                           options, boxes_arr)
+    inside_full &= ~artefact_mask  # a film edge along the top or bottom may cover the breast's end
+    return SynthImage(pixels, boxes_arr, labels, kinds, inside_full, artefact_mask, drawn)
+
+
+def _artefact_stream(rng: np.random.Generator) -> np.random.Generator:
+    """A generator for the artefacts that leaves ``rng`` where it is (a jumped copy of its stream)."""
+    jumped = getattr(rng.bit_generator, "jumped", None)
+    return np.random.Generator(jumped()) if jumped is not None else np.random.default_rng(rng.integers(2**63))
+
+
+def _glyphs(text: str) -> np.ndarray:
+    """``bool (h, w)`` pixels of ``text`` in Pillow's built-in bitmap font (the same on every platform)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = getattr(ImageFont, "load_default_imagefont", ImageFont.load_default)()
+    x0, y0, x1, y1 = font.getbbox(text)
+    canvas = Image.new("L", (x1 - x0 + 2, y1 - y0 + 2), 0)
+    ImageDraw.Draw(canvas).text((1 - x0, 1 - y0), text, fill=255, font=font)
+    return np.array(canvas) > 127
+
+
+def _scaled(glyphs: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a boolean picture."""
+    h, w = size_hw
+    rows = np.minimum((np.arange(h) * glyphs.shape[0]) // h, glyphs.shape[0] - 1)
+    cols = np.minimum((np.arange(w) * glyphs.shape[1]) // w, glyphs.shape[1] - 1)
+    return glyphs[rows][:, cols]
+
+
+def _film_edge(pixels: np.ndarray, art: np.ndarray, rng: np.random.Generator, side: str, far_right: bool) -> int:
+    """A bright film-edge band along one border (in place); returns its width in pixels."""
+    def lines(a: np.ndarray) -> np.ndarray:  # a view whose first rows are the lines along the border
+        if side == "top":
+            return a
+        if side == "bottom":
+            return a[::-1]
+        return a.T[::-1] if far_right else a.T
+
+    target = lines(pixels)
+    width = max(2, int(round(target.shape[0] * rng.uniform(0.015, 0.04))))
+    band = np.float32(rng.uniform(0.86, 0.94)) + rng.normal(0, 0.008, (width, target.shape[1])).astype(np.float32)
+    band[-1] *= 0.5  # a soft inner edge, as a film edge scanned slightly out of focus
+    target[:width] = np.clip(band, 0.0, 0.97)
+    lines(art)[:width] = True
+    return width
+
+
+def _edge_side(rng: np.random.Generator, sides: Sequence[str], boxes: np.ndarray, H: int) -> str:
+    """The border a film edge runs along; a top or bottom band that could reach a lesion's box goes to the far
+    border instead (a ground-truth box never holds band pixels)."""
+    weights = np.array([_SIDE_WEIGHT[s] for s in sides])
+    side = sides[int(rng.choice(len(sides), p=weights / weights.sum()))]
+    widest = int(round(H * 0.04)) + 1  # _film_edge's widest band
+    if side == "top" and len(boxes) and int(boxes[:, 1].min()) < widest:
+        return "far"
+    if side == "bottom" and len(boxes) and int(boxes[:, 3].max()) > H - widest:
+        return "far"
+    return side
+
+
+def _draw_artefacts(pixels: np.ndarray, breast: np.ndarray, laterality: str, view: str, rng: np.random.Generator,
+                    odds: tuple[float, float], options: SynthOptions, boxes: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Film edge (the border away from the chest wall, or the top or bottom one), marker and label (in place).
+
+    Returns:
+        ``(artefact mask bool (H, W), what was drawn)``.
+    """
+    H, W = pixels.shape
+    art = np.zeros((H, W), bool)
+    far_right = laterality == "L"  # the chest wall is on the left, so the free border is the right one
+    has_edge, has_label = bool(rng.uniform() < odds[0]), bool(rng.uniform() < odds[1])
+    inset = {"far": 0, "top": 0, "bottom": 0}
+    edge_side = None
+    if has_edge:
+        edge_side = _edge_side(rng, options.film_edge_sides, boxes, H)
+        inset[edge_side] = _film_edge(pixels, art, rng, edge_side, far_right)
     s = max(3, int(round(0.035 * min(H, W))))
     pad = max(1, s // 2)
-    xs = slice(W - pad - s, W - pad) if laterality == "L" else slice(pad, pad + s)
-    pixels[pad : pad + s, xs] = 1.0
-    return SynthImage(pixels, boxes_arr, labels, kinds, inside_full)
+    marker = options.marker
+    if marker != "none":
+        shape = np.ones((s, s), bool) if marker == "square" else _scaled(_glyphs(laterality), (s, s))
+        shape[s // 2, s // 2] = True  # at least one pixel at 1, whatever the scaling left of the letter
+        x = W - inset["far"] - pad - s if far_right else inset["far"] + pad
+        rows, cols = slice(inset["top"] + pad, inset["top"] + pad + s), slice(x, x + s)
+        pixels[rows, cols][shape] = 1.0
+        art[rows, cols] |= shape
+    if has_label:
+        has_label = _draw_label(pixels, art, breast, rng, f"{laterality} {view}", far_right,
+                                (inset["far"] + pad, inset["bottom"] + pad))
+    return art, {"film_edge": has_edge, "film_edge_side": edge_side, "label_block": has_label, "marker": marker}
+
+
+def _draw_label(pixels: np.ndarray, art: np.ndarray, breast: np.ndarray, rng: np.random.Generator, text: str,
+                far_right: bool, inset_xy: tuple[int, int]) -> bool:
+    """A burnt-in label block low in the free part of the image, anywhere between the breast (not touching it)
+    and the border; returns whether there was room for it."""
+    H, W = pixels.shape
+    lh, lw = max(4, int(round(H * rng.uniform(0.05, 0.08)))), max(8, int(round(W * rng.uniform(0.16, 0.24))))
+    y1 = H - inset_xy[1] - int(round(H * rng.uniform(0.0, 0.04)))
+    rows = slice(max(0, y1 - lh), y1)
+    reach = max(6, int(round(0.05 * max(H, W))))  # clear of the breast by more than a mask margin
+    cols_with_breast = np.flatnonzero(breast[max(0, rows.start - reach) : rows.stop + reach].any(axis=0))
+    if far_right:
+        lo, hi = (int(cols_with_breast.max()) + reach + 1 if cols_with_breast.size else 0), W - inset_xy[0] - lw
+    else:
+        lo, hi = inset_xy[0], (int(cols_with_breast.min()) - reach - lw if cols_with_breast.size else W - lw)
+    if hi < lo or rows.stop - rows.start < 4:
+        return False
+    x0 = int(rng.integers(lo, hi + 1))
+    cols = slice(x0, x0 + lw)
+    site = f"SITE {chr(ord('A') + int(rng.integers(26)))}{int(rng.integers(10))}"
+    letters = _scaled(_glyphs(f"{text} {site}"), (rows.stop - rows.start - 2, lw - 2))
+    block = np.full((rows.stop - rows.start, lw), np.float32(rng.uniform(0.78, 0.9)))
+    block[1:-1, 1:-1][letters] = np.float32(0.12)
+    pixels[rows, cols] = block
+    art[rows, cols] = True
+    return True
 
 
 def _anatomy(rng: np.random.Generator, ol: _Outline, shape_hw: tuple[int, int], density: float
@@ -581,6 +733,14 @@ def _check_generate_args(n_patients: int, fmt: str, jpeg2000: bool, views: Seque
         raise ValueError(f"views must be CC and/or MLO, got {list(views)}")
     if not 0 <= options.p_normal + options.p_benign <= 1:
         raise ValueError("p_normal + p_benign must lie in [0, 1]")
+    for name in ("film_edge", "label_block", "artefact_bias"):
+        if not 0 <= getattr(options, name) <= 1:
+            raise ValueError(f"{name} must lie in [0, 1], got {getattr(options, name)}")
+    if not options.film_edge_sides or set(options.film_edge_sides) - set(FILM_EDGE_SIDES):
+        raise ValueError(f"film_edge_sides must be some of {', '.join(FILM_EDGE_SIDES)}, got "
+                         f"{list(options.film_edge_sides)}")
+    if options.marker not in ("letter", "square", "none"):
+        raise ValueError(f"marker must be letter, square or none, got {options.marker!r}")
 
 
 @dataclass
@@ -613,16 +773,18 @@ class _DatasetWriter:
         """Both breasts of patient ``p`` (0-based), each in ``views``."""
         rng = np.random.default_rng([self.seed, p])
         label, lesion_side, lesions, density = _patient_plan(rng, self.options)
+        odds = artefact_chances(self.options, label == "malignant")
         for lat in ("R", "L"):
             breast_density = float(np.clip(density + rng.uniform(-0.05, 0.05), 0, 1))
             for vw in views:
-                self._add_image(p, lat, vw, breast_density, lesions if lat == lesion_side else [])
+                self._add_image(p, lat, vw, breast_density, lesions if lat == lesion_side else [], odds)
 
-    def _add_image(self, p: int, lat: str, vw: str, density: float, lesions: list[LesionSpec]) -> None:
+    def _add_image(self, p: int, lat: str, vw: str, density: float, lesions: list[LesionSpec],
+                   odds: tuple[float, float]) -> None:
         self.n_images += 1
         img_rng = np.random.default_rng([self.seed, p, 0 if lat == "R" else 1, 0 if vw == "CC" else 1])
         img = render_mammogram(img_rng, self.image_size, view=vw, laterality=lat, density=density,
-                               lesions=lesions, options=self.options)
+                               lesions=lesions, options=self.options, artefact_odds=odds)
         rel = f"images/{self.n_images:06d}{'.dcm' if self.fmt == 'dicom' else '.png'}"
         values = to_uint16(img.pixels)
         variant = None
@@ -644,4 +806,4 @@ class _DatasetWriter:
             self.rows.append({**base, "x1": box[0], "y1": box[1], "x2": box[2], "y2": box[3], "lesion_label": ll})
         self.manifest.append({"image_path": rel, "label": img_label, "variant": variant,
                               "density": round(density, 3), "lesion_kinds": img.lesion_kinds,
-                              "boxes_xyxy_px": img.boxes_xyxy_px.tolist()})
+                              "boxes_xyxy_px": img.boxes_xyxy_px.tolist(), "artefacts": img.artefacts})

@@ -110,7 +110,8 @@ def _gradcam_section(predictor: Predictor, data_dir: str | Path, result: Evaluat
 
 def evaluate_split(data_dir: str | Path, out_dir: str | Path, predictions: PredictionSet, options: EvaluationOptions,
                    *, split: str | None = "test", source: dict | None = None, predictor: Predictor | None = None,
-                   report: bool = True, n_gradcam: int = 4) -> EvaluationResult:
+                   report: bool = True, n_gradcam: int = 4, extra_sections: list[str] | None = None
+                   ) -> EvaluationResult:
     """Score one split's predictions and write ``metrics.json``, ``per_image.jsonl`` and the report.
 
     Args:
@@ -123,6 +124,7 @@ def evaluate_split(data_dir: str | Path, out_dir: str | Path, predictions: Predi
         predictor: the model, when there is one: adds Grad-CAM localisation scores (``gradcam.json``).
         report: also write ``report.md`` and ``report.html``.
         n_gradcam: Grad-CAM overlay panels in the report.
+        extra_sections: Markdown sections added to the report (e.g. ``mammodetr cv``'s per-fold table).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,7 +132,7 @@ def evaluate_split(data_dir: str | Path, out_dir: str | Path, predictions: Predi
     meta = {"split": split, "data_dir": str(data_dir), "data_hash": file_sha256(Path(data_dir) / ANNOTATIONS),
             **(source or {})}
     result = evaluate_predictions(images, predictions, options, meta=meta)
-    sections, panels = [], []
+    sections, panels = list(extra_sections or []), []
     if predictor is not None:
         text, panels = _gradcam_section(predictor, data_dir, result, out, n_gradcam)
         sections.append(text)

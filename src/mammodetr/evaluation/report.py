@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mammodetr.atomic import write_bytes_atomic, write_text_atomic
 from mammodetr.metrics.bootstrap import patient_weights
 from mammodetr.metrics.classification import pr_curve, roc_curve
 
@@ -362,10 +363,10 @@ def write_report(result, out_dir: str | Path, *, examples=None, gradcams=None, e
     (out / "plots").mkdir(parents=True, exist_ok=True)
     figures = build_figures(result, examples=examples, gradcams=gradcams, band_resamples=band_resamples)
     for f in figures:
-        (out / "plots" / f"{f.name}.png").write_bytes(f.png)
+        write_bytes_atomic(out / "plots" / f"{f.name}.png", f.png)
     md = markdown_report(result, figures, extra_sections=extra_sections)
     md_path = out / "report.md"
-    md_path.write_text(md + "\n", encoding="utf-8")
+    write_text_atomic(md_path, md + "\n")
     html_path = out / "report.html"
-    html_path.write_text(_md_to_html(md, {f.name: f for f in figures}), encoding="utf-8")
+    write_text_atomic(html_path, _md_to_html(md, {f.name: f for f in figures}))
     return md_path, html_path

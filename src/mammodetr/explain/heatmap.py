@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,11 +10,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mammodetr.atomic import write_bytes_atomic
 from mammodetr.data.geometry import ImageTransform
 from mammodetr.data.model_input import InputGeometry, input_transform
 from mammodetr.inference.decode import malignancy_probability
-from mammodetr.inference.inputs import collect_inputs, load_raw_input
+from mammodetr.inference.inputs import IMAGE_SUFFIXES, collect_inputs, load_raw_input
 from mammodetr.inference.predictor import Predictor
+from mammodetr.outputs import mirrored_paths, write_error
 
 from .gradcam import gradcam
 
@@ -73,13 +76,18 @@ def overlay_heatmap(pixels: np.ndarray, cam: np.ndarray, alpha: float = 0.45) ->
 
 def explain_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: str | Path, *,
                   target_layer: str | None = None) -> list[dict]:
-    """Grad-CAM overlays for raw files (prepared as in ``predict``), written as ``<stem>_gradcam.png`` on the
-    prepared image (the view the model saw, before its resize). Returns one record per file (path or error).
+    """Grad-CAM overlays for raw files (prepared as in ``predict``), written as ``<name>_gradcam.png`` on the
+    prepared image (the view the model saw, before its resize), mirroring the inputs' folders (``a/case.dcm`` ->
+    ``out/a/case_gradcam.png``) so no overlay replaces another. Returns one record per file (path or error).
+
+    Raises:
+        OutputWriteError: an overlay cannot be written (disk full, read-only); says how many were saved.
     """
     out = Path(out_dir)
+    files = collect_inputs(inputs)
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    for f in collect_inputs(inputs):
+    for f, path in zip(files, mirrored_paths(files, out, "_gradcam.png", IMAGE_SUFFIXES)):
         try:
             raw = load_raw_input(f, predictor.prepare_options, predictor.geometry)
         except ValueError as e:
@@ -88,8 +96,17 @@ def explain_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
         res = gradcam(predictor.model, raw.image[None].to(predictor.device), target_layer=target_layer)
         cam = cam_to_image(res.cams[0], raw.pixels_u16.shape, predictor.geometry)
         p = float(malignancy_probability(torch.as_tensor(res.logits))[0])
-        path = out / f"{f.stem}_gradcam.png"
-        Image.fromarray(overlay_heatmap(raw.prepared.pixels, cam)).save(path)
+        _save_png(overlay_heatmap(raw.prepared.pixels, cam), path, sum("overlay" in r for r in records), out)
         records.append({"file_name": str(f), "overlay": str(path), "p_malignant": p,
                         "target_layer": res.target_layer, "prepared_transform": raw.prepared.transform.to_dict()})
     return records
+
+
+def _save_png(rgb: np.ndarray, path: Path, n_saved: int, out: Path) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, buffer.getvalue())
+    except OSError as exc:
+        raise write_error(path, exc, f"stopped after {n_saved} overlays were saved in {out}") from exc

@@ -28,6 +28,7 @@ from mammodetr.data.dicom import read_dicom_tags
 from mammodetr.data.image import ImageReadError
 from mammodetr.data.io import sniff_path
 from mammodetr.data.laterality import normalise_laterality, view_from_name
+from mammodetr.outputs import LineWriter
 
 from .aggregate import group_scores
 from .predictions import Prediction, PredictionError, prediction_to_json
@@ -310,16 +311,16 @@ def exam_records(result: ExamResult, name: Callable[[Path], str] = str) -> list[
 
 def write_exam_records(path: str | Path, results: Iterable[ExamResult]) -> tuple[Path, dict[str, int]]:
     """Write exams as JSON lines, each exam flushed as soon as it is done; returns the path and counts
-    (``exams``, ``images``, ``failed``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    (``exams``, ``images``, ``failed``).
+
+    Raises:
+        OutputWriteError: the file cannot be written; the message says how many exams were saved (complete).
+    """
     counts = {"exams": 0, "images": 0, "failed": 0}
-    with path.open("w", encoding="utf-8") as f:
+    with LineWriter(path, "exams") as out:
         for result in results:
-            for rec in exam_records(result):
-                f.write(json.dumps(rec) + "\n")
-            f.flush()
+            out.write("".join(json.dumps(rec) + "\n" for rec in exam_records(result)))
             counts["exams"] += 1
             counts["images"] += len(result.results)
             counts["failed"] += sum(isinstance(p, PredictionError) for _, p in result.results)
-    return path, counts
+    return Path(path), counts

@@ -8,6 +8,7 @@ long-side cap: ``RunConfig.data.prepare``), the one float->uint16 step and the o
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,36 +17,69 @@ import numpy as np
 import torch
 
 from mammodetr.data.geometry import ImageTransform
-from mammodetr.data.image import to_uint16
+from mammodetr.data.image import file_problem, to_uint16
 from mammodetr.data.io import read_image, sniff_path
 from mammodetr.data.model_input import InputGeometry, to_model_input
 from mammodetr.data.preprocess import PreparedImage, PrepareOptions, preprocess_pixels
 
-__all__ = ["IMAGE_SUFFIXES", "collect_inputs", "RawInput", "load_raw_input"]
+__all__ = ["IMAGE_SUFFIXES", "InputScan", "scan_inputs", "collect_inputs", "RawInput", "load_raw_input"]
 
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".tif", ".tiff", ".pgm", ".jpg", ".jpeg"}
 
 
-def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively) into image files, sorted within each folder.
+@dataclass
+class InputScan:
+    """The files found in the inputs, and the files of input folders that were left out (not images).
 
-    In a folder, a file counts as an image by its suffix, or (without a suffix) by a DICOM marker.
+    Attributes:
+        files: image files, in input order (sorted within each folder).
+        skipped: files in input folders that are not images (a ``.txt``, a suffix-less file that is not DICOM).
+    """
+
+    files: list[Path]
+    skipped: list[Path]
+
+
+def scan_inputs(inputs: Iterable[str | Path]) -> InputScan:
+    """Expand files and folders (recursively) into image files, sorted within each folder, and count the rest.
+
+    In a folder, a file counts as an image by its suffix, or (without a suffix) by a DICOM marker. A file given
+    by name is always taken (it gets an error line if it cannot be read). A file reached twice is taken once.
 
     Raises:
-        ValueError: an input does not exist.
+        ValueError: an input does not exist, or is a FIFO, a device or a link loop.
     """
     files: list[Path] = []
+    skipped: list[Path] = []
+    seen: set[str] = set()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             for f in sorted(p.rglob("*")):
-                if f.is_file() and (f.suffix.lower() in IMAGE_SUFFIXES or (not f.suffix and sniff_path(f) == "dicom")):
-                    files.append(f)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise ValueError(f"{p}: no such file or folder")
-    return files
+                if not f.is_file():
+                    continue
+                if f.suffix.lower() in IMAGE_SUFFIXES or (not f.suffix and sniff_path(f) == "dicom"):
+                    _add(files, seen, f)
+                else:
+                    skipped.append(f)
+        elif (problem := file_problem(p, missing="no such file or folder")) is None:
+            _add(files, seen, p)
+        else:  # a FIFO or a device is named for what it is, never opened
+            raise ValueError(f"{p}: {problem}")
+    return InputScan(files, skipped)
+
+
+def _add(files: list[Path], seen: set[str], f: Path) -> None:
+    # A file named twice (a folder and a file in it) is predicted once: two lines of one name are refused later.
+    key = os.path.realpath(f)
+    if key not in seen:
+        seen.add(key)
+        files.append(f)
+
+
+def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """The image files of :func:`scan_inputs`."""
+    return scan_inputs(inputs).files
 
 
 @dataclass

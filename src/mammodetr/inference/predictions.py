@@ -1,8 +1,9 @@
 """Prediction files: JSON lines, one object per image.
 
-Each line is ``{"file_name": str, "p_malignant": float, "boxes": [[x1, y1, x2, y2], ...], "scores": [...]}``
-(boxes in pixels of the image named by ``file_name``), or ``{"file_name": str, "error": str}`` for an image
-that could not be processed. Files written by ``predict --exam`` also hold ``breast`` and ``exam`` records
+Each line is ``{"file_name": str, "p_malignant": float, "boxes": [[x1, y1, x2, y2], ...], "scores": [...],
+"warnings": [str, ...]}`` (boxes in pixels of the image named by ``file_name``; ``warnings`` lists what made the
+input doubtful, :mod:`mammodetr.inference.quality`), or ``{"file_name": str, "error": str}`` for an image that
+could not be processed. Files written by ``predict --exam`` also hold ``breast`` and ``exam`` records
 (``"record"`` field, docs/viewer.md); :func:`read_predictions` reads their image records.
 """
 
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from mammodetr.outputs import LineWriter
 
 __all__ = ["Prediction", "PredictionError", "PredictionSet", "read_predictions", "write_predictions",
            "prediction_to_json"]
@@ -29,6 +32,9 @@ class Prediction:
         p_malignant: probability of malignancy.
         boxes_xyxy_px: (K, 4) float64 boxes in the image's pixels.
         scores: (K,) objectness scores.
+        extra: more fields of its line (``overlay``, ``dicom_sr``: the files written for it).
+        warnings: ``"code: detail"`` for each doubt about the input (blank, tiny, no breast found, unusual
+            photometric; :func:`mammodetr.inference.quality.input_warnings`). Empty when there is none.
     """
 
     file_name: str
@@ -36,6 +42,7 @@ class Prediction:
     boxes_xyxy_px: np.ndarray
     scores: np.ndarray
     extra: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -63,6 +70,7 @@ def prediction_to_json(pred: Prediction | PredictionError) -> dict:
         "p_malignant": round(float(pred.p_malignant), 6),
         "boxes": [[round(float(v), 3) for v in b] for b in np.asarray(pred.boxes_xyxy_px).reshape(-1, 4)],
         "scores": [round(float(s), 6) for s in np.asarray(pred.scores).reshape(-1)],
+        "warnings": list(pred.warnings),
     }
     out.update(pred.extra)
     return out
@@ -70,14 +78,16 @@ def prediction_to_json(pred: Prediction | PredictionError) -> dict:
 
 def write_predictions(path: str | Path, preds: Iterable[Prediction | PredictionError]) -> Path:
     """Write predictions as JSON lines, each line flushed as it comes (``preds`` may be a generator, so a long
-    run keeps what it has done when it stops); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
+    run keeps what it has done when it stops); returns the path.
+
+    Raises:
+        OutputWriteError: the file cannot be written (disk full, read-only); the message says how many lines
+            were saved, and those lines are complete.
+    """
+    with LineWriter(path, "predictions") as out:
         for p in preds:
-            f.write(json.dumps(prediction_to_json(p)) + "\n")
-            f.flush()
-    return path
+            out.write(json.dumps(prediction_to_json(p)) + "\n")
+    return Path(path)
 
 
 def _parse(obj: dict, where: str) -> Prediction | PredictionError:
@@ -103,8 +113,17 @@ def _parse(obj: dict, where: str) -> Prediction | PredictionError:
         raise ValueError(f"{where}: '{name}' has {boxes.shape[0]} boxes but {scores.shape[0]} scores")
     if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
         raise ValueError(f"{where}: '{name}' has NaN or infinite boxes/scores")
-    extra = {k: v for k, v in obj.items() if k not in ("file_name", "p_malignant", "boxes", "scores")}
-    return Prediction(name, p, boxes, scores, extra)
+    inverted = np.flatnonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))
+    if inverted.size:
+        # pycocotools would score it as a false positive without a word: a silent wrong result.
+        box = [float(v) for v in boxes[inverted[0]]]
+        raise ValueError(f"{where}: '{name}' box {int(inverted[0])} {box} is inverted (x2 < x1 or y2 < y1; boxes "
+                         f"are [x1, y1, x2, y2]); {inverted.size} such box(es) on this line")
+    warnings = obj.get("warnings", [])
+    if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+        raise ValueError(f"{where}: '{name}' 'warnings' must be a list of strings")
+    extra = {k: v for k, v in obj.items() if k not in ("file_name", "p_malignant", "boxes", "scores", "warnings")}
+    return Prediction(name, p, boxes, scores, extra, list(warnings))
 
 
 def read_predictions(path: str | Path) -> PredictionSet:

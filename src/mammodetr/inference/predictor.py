@@ -29,6 +29,7 @@ from .device import autocast, resolve_device
 from .exam import Exam, ExamOptions, ExamResult, aggregate_exam, group_exams, operating_point, read_exam_table
 from .inputs import RawInput, collect_inputs, load_raw_input
 from .predictions import Prediction, PredictionError, PredictionSet
+from .quality import input_warnings
 from .tta import merge_hflip
 
 __all__ = ["Predictor", "FileResult"]
@@ -95,8 +96,8 @@ class Predictor:
         """How raw files are prepared: the training data's preparation (the defaults when it was not recorded)."""
         if self.config.data.prepare is None:
             log.warning("the model's config does not record how its training data was prepared; raw inputs get "
-                        "the default preparation, which may differ")
-            self.config.data.prepare = PrepareOptions()
+                        "the default preparation of that time (no background masking), which may differ")
+            self.config.data.prepare = PrepareOptions.from_dict({})  # a record this old predates masking
         return self.config.data.prepare
 
     @torch.no_grad()
@@ -164,6 +165,8 @@ class Predictor:
         except Exception as e:  # noqa: BLE001 - a failing batch must not end the run; every file gets the error
             preds = [PredictionError(n, f"model failed: {type(e).__name__}: {e}") for n in names]
         for (path, raw), pred in zip(batch, preds):
+            if isinstance(pred, Prediction):
+                pred.warnings = input_warnings(raw)
             yield FileResult(path, pred, raw)
 
     def predict_files(

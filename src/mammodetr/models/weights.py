@@ -7,6 +7,7 @@ Torch files are only ever read with ``weights_only=True``; callers that need ext
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,12 @@ def read_state_dict(path: str | Path, *, safe_globals: Iterable[object] = ()) ->
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message suggests weights_only=False, which would run whatever code the file holds: never.
+        raise WeightsError(
+            f"{path}: refused: the file holds Python objects besides tensors, and loading them could run code "
+            f"(torch.load weights_only=True: {type(exc).__name__}); save the state dict as .safetensors instead"
+        ) from exc
     except Exception as exc:
         raise WeightsError(
             f"{path}: cannot be read as a torch weights file with weights_only=True ({type(exc).__name__}: "

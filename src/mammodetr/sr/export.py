@@ -1,7 +1,8 @@
 """SRs for a stream of predictions (``mammodetr predict --dicom-sr DIR``): one per DICOM input, as it comes.
 
 A failed prediction gets no SR (its error is in the predictions file); a non-DICOM input gets no SR and a note;
-a DICOM that an SR cannot reference (no UIDs) gets one line naming the file; the run goes on in every case.
+a DICOM that an SR cannot reference (no UIDs) gets one line naming the file, and the run goes on; a folder that
+cannot be written (disk full, read-only) stops the run with one line saying how many SRs were saved.
 The path of each SR written is added to its prediction (``"dicom_sr"`` in the predictions line). The SRs of one
 study's images share one new series.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 from mammodetr.data.io import sniff_path
 from mammodetr.inference.predictions import Prediction
 from mammodetr.inference.predictor import FileResult, Predictor
+from mammodetr.outputs import OutputWriteError
 
 from .writer import SRSeries, default_min_score, require_highdicom, write_sr
 
@@ -57,6 +59,8 @@ class SRExporter:
         try:
             path = write_sr(r.path, r.result, self.predictor, self.out_dir, min_score=self.min_score,
                             series=self.series)
+        except OutputWriteError as exc:  # the folder, not this input: stop, saying what was saved
+            raise OutputWriteError(f"{exc}; stopped after {self.written} SRs were saved in {self.out_dir}") from exc
         except (ValueError, OSError) as exc:
             self.failed += 1
             log.warning("%s", exc)

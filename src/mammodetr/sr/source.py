@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mammodetr.data.dicom import scrub_identifiers
+from mammodetr.data.dicom_redact import describe_error
 
 __all__ = ["REQUIRED_UIDS", "SourceImage", "read_source", "quiet_pydicom", "invalid_keywords"]
 
@@ -125,8 +125,7 @@ def _read_source(path: Path) -> SourceImage:
     except OSError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parser failure is one line
-        raise ValueError(scrub_identifiers(f"{path}: cannot read the DICOM header ({type(exc).__name__}: {exc})",
-                                           path)) from None
+        raise ValueError(f"{path}: cannot read the DICOM header ({describe_error(exc, path)})") from None
     missing = [kw for kw in REQUIRED_UIDS if not str(ds.get(kw) or "").strip()]
     if missing:
         raise ValueError(f"{path}: no {', '.join(missing)}; an SR cannot reference this image (no SR written)")

@@ -25,6 +25,7 @@ import numpy as np
 from mammodetr._version import __version__
 from mammodetr.inference.predictions import Prediction
 from mammodetr.inference.predictor import Predictor
+from mammodetr.outputs import write_error
 
 from .concepts import (
     ALGORITHM_NAME,
@@ -215,7 +216,7 @@ def write_sr(source_path: str | Path, prediction: Prediction, predictor: Predict
 
     Raises:
         ValueError: the source is not a DICOM image with the UIDs an SR needs, or the boxes do not fit it.
-        OSError: the file cannot be written.
+        OutputWriteError: the file cannot be written (an OSError).
     """
     require_highdicom()
     source = read_source(source_path)
@@ -237,8 +238,11 @@ def write_sr(source_path: str | Path, prediction: Prediction, predictor: Predict
         raise ValueError(f"{source.path}: no SR written: the source header has {which} "
                          f"({type(exc).__name__}; values are not shown)") from None
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    return _write_new(out / f"{sr.SOPInstanceUID}.dcm", buffer.getvalue())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return _write_new(out / f"{sr.SOPInstanceUID}.dcm", buffer.getvalue())
+    except OSError as exc:  # disk full, read-only: no later SR can be written either
+        raise write_error(out, exc, "the SR was not written") from exc
 
 
 def _write_new(path: Path, data: bytes) -> Path:

@@ -19,10 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from mammodetr.atomic import to_jsonable, write_json
-from mammodetr.checkpoint import MODEL_FILE, load_training_state, resolve_checkpoint, save_checkpoint, unwrap_model
+from mammodetr.checkpoint import (
+    CheckpointError,
+    load_training_state,
+    resolve_checkpoint,
+    restore_weights,
+    save_checkpoint,
+    unwrap_model,
+)
 from mammodetr.config import RunConfig, save_resolved
 from mammodetr.data.dataset import MammoDataset
 from mammodetr.data.ground_truth import LabelledImage, load_split
@@ -30,6 +36,7 @@ from mammodetr.inference.predictor import Predictor
 from mammodetr.metrics.scoring import EvaluationOptions, compute_metrics
 from mammodetr.models.criterion import SetCriterion, build_criterion
 from mammodetr.models.detr import build_model
+from mammodetr.outputs import OutputWriteError, check_fresh, check_separate, move_aside, write_error
 from mammodetr.training.distributed import (
     DistInfo,
     all_gather_objects,
@@ -114,11 +121,17 @@ class RunLogger:
                 ) from exc
             self.tb = SummaryWriter(str(out / "tensorboard"))
 
+    def _append(self, name: str, text: str) -> None:
+        try:
+            with open(self.out / name, "a", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            raise write_error(self.out / name, exc, "the line was not saved") from exc
+
     def epoch(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(to_jsonable(record)) + "\n")
+        self._append("metrics.jsonl", json.dumps(to_jsonable(record)) + "\n")
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and v is not None and k != "epoch":
@@ -128,10 +141,9 @@ class RunLogger:
     def bad_samples(self, bad: list) -> None:
         for b in bad:
             log.warning("skipped sample %s: %s", b.file_name, b.error)
-        if self.enabled:
-            with open(self.out / "skipped_samples.jsonl", "a", encoding="utf-8") as f:
-                for b in bad:
-                    f.write(json.dumps({"file_name": b.file_name, "error": b.error}) + "\n")
+        if self.enabled and bad:
+            self._append("skipped_samples.jsonl",
+                         "".join(json.dumps({"file_name": b.file_name, "error": b.error}) + "\n" for b in bad))
 
     def close(self) -> None:
         if self.tb is not None:
@@ -181,19 +193,55 @@ class _Run:
         return saved
 
 
-def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or resume, with ``resume=True`` and ``cfg.train.out`` the run folder). Returns the summary."""
+def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, verify: bool = True,
+          progress: bool = True) -> dict:
+    """Train (or resume, with ``resume=True`` and ``cfg.train.out`` the run folder). Returns the summary.
+
+    Args:
+        cfg: the resolved config.
+        resume: continue the run in ``cfg.train.out`` from its ``checkpoints/last``.
+        overwrite: an existing, non-empty ``cfg.train.out`` is moved aside to ``NAME.replaced-<date>-<time>``
+            (never deleted) once the data and the model are ready; without it (or ``resume``) it is refused.
+        verify: check the resumed weights against their recorded SHA-256.
+        progress: progress bars.
+
+    Raises:
+        OutputConflictError: the run folder exists (neither ``resume`` nor ``overwrite``), or is, lies inside or
+            contains the dataset.
+        CheckpointError: ``resume`` and the run has no checkpoint (yet), or one that cannot be used.
+        OutputWriteError: a checkpoint or log could not be written (disk full, read-only); the earlier
+            checkpoints are intact and ``resume`` continues from the last.
+    """
     cfg.validate()
     info, device = init_distributed(cfg.train.device)
     try:
-        return _train(cfg, info, device, resume=resume, progress=progress)
+        if info.is_main:
+            _check_run_folder(cfg, resume=resume, overwrite=overwrite)
+        barrier(info)  # no rank creates the folder before rank 0 has looked at it
+        return _train(cfg, info, device, resume=resume, overwrite=overwrite, verify=verify, progress=progress)
     finally:
         cleanup(info)
 
 
-def _train(cfg: RunConfig, info: DistInfo, device: torch.device, *, resume: bool, progress: bool) -> dict:
-    run = _setup(cfg, info, device, resume)
-    state = _resumed_state(run) if resume else TrainState()
+def _check_run_folder(cfg: RunConfig, *, resume: bool, overwrite: bool) -> None:
+    out = Path(cfg.train.out)
+    check_separate({"--out": out}, {"--data": cfg.data.path})
+    if resume:
+        try:
+            resolve_checkpoint(out / "checkpoints" / "last")
+        except CheckpointError:
+            raise CheckpointError(f"{out}: nothing to resume: the run has no checkpoints/last yet (it stopped before "
+                                  f"its first epoch ended); start it again with --overwrite") from None
+        return
+    check_fresh(out, overwrite=overwrite, hint="--resume to continue it, ")
+
+
+def _train(cfg: RunConfig, info: DistInfo, device: torch.device, *, resume: bool, overwrite: bool, verify: bool,
+           progress: bool) -> dict:
+    run = _setup(cfg, info, device)
+    state = _resumed_state(run, verify) if resume else TrainState()
+    if info.is_main:  # only now that data, model and resumed state are ready: a failed start changes nothing
+        _prepare_run_folder(cfg, run.out, resume, overwrite)
     t0 = time.perf_counter()
     try:
         _run_epochs(run, state, progress)
@@ -202,6 +250,9 @@ def _train(cfg: RunConfig, info: DistInfo, device: torch.device, *, resume: bool
     except NonFiniteLossError as exc:
         raise NonFiniteLossError(f"{exc}. Training stopped; the last good checkpoint is kept in "
                                  f"{run.out / 'checkpoints'}") from None
+    except OutputWriteError as exc:
+        raise OutputWriteError(f"{exc}; training stopped in epoch {state.epoch + 1}; the checkpoints saved before "
+                               f"are intact, and --resume {run.out} continues from the last") from exc
     finally:
         run.logger.close()
     return _summary(run, state, time.perf_counter() - t0)
@@ -216,7 +267,7 @@ def _micro_batch(cfg: RunConfig, info: DistInfo) -> int:
     return micro
 
 
-def _setup(cfg: RunConfig, info: DistInfo, device: torch.device, resume: bool) -> _Run:
+def _setup(cfg: RunConfig, info: DistInfo, device: torch.device) -> _Run:
     notes = cfg.resolve_auto()  # before the config is saved: the run folder records the decided values
     t, data, out = cfg.train, cfg.data, Path(cfg.train.out)
     micro = _micro_batch(cfg, info)
@@ -226,8 +277,6 @@ def _setup(cfg: RunConfig, info: DistInfo, device: torch.device, resume: bool) -
                           letterbox=data.letterbox)
     val_images = load_split(data.path, data.val_split)
     cfg.data.prepare = train_ds.prepare_options  # predict repeats the dataset's preparation on raw files
-    if info.is_main:
-        _prepare_run_folder(cfg, out, resume)
     seed_everything(t.seed)
     pin = device.type == "cuda"
     loader_args = dict(batch_size=micro, seed=t.seed, workers=data.workers, rank=info.rank,
@@ -267,24 +316,24 @@ def _optimisation(cfg: RunConfig, model: torch.nn.Module, device: torch.device, 
     return criterion, optimizer, scheduler, scaler, balancer, BalancedCriterion(criterion, balancer)
 
 
-def _prepare_run_folder(cfg: RunConfig, out: Path, resume: bool) -> None:
+def _prepare_run_folder(cfg: RunConfig, out: Path, resume: bool, overwrite: bool) -> None:
+    # _check_run_folder has refused an existing run unless resume or overwrite: nothing here deletes a run.
+    if not resume and overwrite and check_fresh(out, overwrite=True):
+        log.warning("--overwrite: moved the earlier %s to %s", out, move_aside(out))
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    if not resume:
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-        (out / "skipped_samples.jsonl").unlink(missing_ok=True)
     save_resolved(cfg, out / "config.json")
 
 
-def _resumed_state(run: _Run) -> TrainState:
+def _resumed_state(run: _Run, verify: bool = True) -> TrainState:
     last = run.out / "checkpoints" / "last"
     saved = load_training_state(last)
-    weights = load_file(str(resolve_checkpoint(last) / MODEL_FILE))
-    if run.ema is not None and "ema" in saved:
-        run.ema.load_state_dict(saved["ema"], weights)
-        weights = saved["model"]
-    elif run.ema is not None:  # a run that had no EMA so far: the average starts from the saved weights
-        run.ema.load_state_dict({"updates": 0}, weights)
-    run.model.load_state_dict(weights)
+    restore_weights(run.model, last, verify=verify)  # the file's weights (the average, with EMA), verified
+    if run.ema is not None:
+        average = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        # A run that had no EMA so far: the average starts from the saved weights.
+        run.ema.load_state_dict(saved["ema"] if "ema" in saved else {"updates": 0}, average)
+        if "ema" in saved:
+            run.model.load_state_dict(saved["model"])  # the raw weights the optimizer goes on from
     if "tasks" in saved:
         run.balancer.load_state_dict(saved["tasks"])
     run.optimizer.load_state_dict(saved["optimizer"])

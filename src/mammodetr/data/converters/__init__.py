@@ -46,7 +46,8 @@ def check_images_found(conversion: Conversion, input_path: str | Path) -> None:
             ``input_root``, never a path from the table, which may hold patient identifiers) and ``--images-dir``.
     """
     records = conversion.records
-    if not records or any(r.image_path.is_file() for r in records):
+    # Anything at the path counts as found (a FIFO or a dangling link is then named by prepare for what it is).
+    if not records or any(os.path.lexists(r.image_path) for r in records):
         return
     under = conversion.summary.get("images_root") or conversion.input_root
     if under is None:

@@ -24,6 +24,7 @@ from mammodetr.data.converters.cbis_layout import Layout, find_images_root, top_
 from mammodetr.data.converters.cbis_views import DicomHeader
 from mammodetr.data.converters.cbis_views import merge_duplicate_views as merge_views
 from mammodetr.data.converters.common import clean_text, normalise_laterality, read_csv_rows
+from mammodetr.data.dicom_redact import describe_error, quiet_pydicom
 from mammodetr.data.records import BoxRecord, Conversion, ImageRecord, Problem, worst_label
 
 _PATHOLOGY = {"MALIGNANT": "malignant", "BENIGN": "benign", "BENIGN_WITHOUT_CALLBACK": "benign"}
@@ -39,9 +40,10 @@ def _norm_header(name: str) -> str:
 def _dicom_header(path: Path) -> DicomHeader:
     import pydicom
 
-    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    uid = ds.get("SOPInstanceUID")
-    return DicomHeader(int(ds.Rows), int(ds.Columns), str(uid) if uid else None)
+    with quiet_pydicom():
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        uid = ds.get("SOPInstanceUID")
+        return DicomHeader(int(ds.Rows), int(ds.Columns), str(uid) if uid else None)
 
 
 def _dicom_size(path: Path) -> tuple[int, int]:
@@ -92,8 +94,8 @@ def mask_box_xyxy(mask: np.ndarray) -> Optional[tuple[int, int, int, int]]:
 def _read_mask(path: Path) -> np.ndarray:
     import pydicom
 
-    ds = pydicom.dcmread(str(path))
-    arr = ds.pixel_array
+    with quiet_pydicom():
+        arr = pydicom.dcmread(str(path)).pixel_array
     if arr.ndim == 3:  # a mask stored with samples per pixel > 1
         arr = arr.max(axis=-1)
     return arr
@@ -108,14 +110,15 @@ def _csv_files(folder: Path) -> list[Path]:
     return files
 
 
-def _read_rows(files: list[Path]) -> list[tuple[str, dict, str, str]]:
+def _read_rows(files: list[Path], problems: list[Problem]) -> list[tuple[str, dict, str, str]]:
     """Every abnormality row as ``(where, row, split, kind)``; split and kind come from the file name."""
     rows = []
     for csv_path in files:
         split = "test" if "test" in csv_path.name.lower() else "train"
         kind = "calc" if csv_path.name.lower().startswith("calc") else "mass"
         rows.extend((where, row, split, kind) for _, where, row in read_csv_rows(csv_path, _REQUIRED,
-                                                                                 header=_norm_header))
+                                                                                 header=_norm_header,
+                                                                                 problems=problems))
     return rows
 
 
@@ -137,16 +140,18 @@ def convert(input_path: Path, *, images_dir: str | Path | None = None, merge_dup
     files = [path] if path.is_file() else _csv_files(path) if path.is_dir() else []
     if not files:
         raise ValueError(f"{path}: not found")
-    rows = _read_rows(files)
+    problems: list[Problem] = []
+    rows = _read_rows(files, problems)
     tops = {top_folder(clean_text(row["image file path"])) for _, row, _, _ in rows}
     tops.discard("")
     layout = find_images_root(files[0].parent, tops, Path(images_dir) if images_dir else None)
-    reader = _Reader(layout.root)
+    reader = _Reader(layout.root, problems=problems)
     for where, row, split, kind in rows:
         reader.add_row(where, row, split, kind)
     if layout.found < layout.named:
         reader.problems.append(Problem(str(layout.root), f"{layout.named - layout.found} of the {layout.named} image "
-                                       "folders the CSVs name are missing (a partial download?)", "note"))
+                                       "folders the CSVs name are missing (a partial download?)", "note",
+                                       paths=(str(layout.root),)))
     images, merged = reader.images, 0
     if merge_duplicate_views:
         images, merged = merge_views(reader.images, reader.problems)
@@ -176,6 +181,14 @@ def _summary(layout: Layout, merged: int, merging: bool) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class _Where:
+    """Where a problem is (``"<csv> row <n> (<path>)"``) and the source paths in that text."""
+
+    text: str
+    paths: tuple[str, ...]
+
+
 @dataclass
 class _Reader:
     """Collects the abnormality rows per image.
@@ -202,13 +215,15 @@ class _Reader:
         image_rel = clean_text(row["image file path"])
         image_path = _resolve(self.root, image_rel)
         if image_path is None:
-            self.problems.append(Problem(f"{where} ({image_rel})", "image file not found"))
+            self.problems.append(Problem(f"{where} ({image_rel})", "image file not found", paths=(image_rel,)))
             return
         try:
             if image_path not in self.headers:
                 self.headers[image_path] = _dicom_header(image_path)
         except Exception as exc:  # noqa: BLE001 - reported, the rest of the dataset goes on
-            self.problems.append(Problem(f"{where} ({image_rel})", f"cannot read DICOM header: {exc}"))
+            self.problems.append(Problem(f"{where} ({image_rel})",
+                                         f"cannot read DICOM header ({describe_error(exc, image_path)})",
+                                         paths=(image_rel,)))
             return
         header = self.headers[image_path]
         root = self.root
@@ -222,16 +237,19 @@ class _Reader:
         })
         entry["labels"].append(pathology)
         entry["kinds"].add(kind)
-        box = self._mask_box(f"{where} ({clean_text(row['roi mask file path'])})",
-                             clean_text(row["roi mask file path"]), header.size)
+        mask_rel = clean_text(row["roi mask file path"])
+        box = self._mask_box(_Where(f"{where} ({mask_rel})", (mask_rel,)), mask_rel, header.size)
         if box is not None:
             entry["boxes"].append(BoxRecord(*box, pathology=pathology, lesion_type=kind))
 
-    def _mask_box(self, where: str, mask_rel: str, size: tuple[int, int]) -> Optional[tuple[int, int, int, int]]:
+    def _problem(self, where: _Where, what: str, action: str, *paths: str) -> None:
+        self.problems.append(Problem(where.text, what, action, paths=(*where.paths, *paths)))
+
+    def _mask_box(self, where: _Where, mask_rel: str, size: tuple[int, int]) -> Optional[tuple[int, int, int, int]]:
         """The ROI mask's bounding box; None (reported) when the mask is missing, unreadable, mis-sized or empty."""
         mask_path = _resolve(self.root, mask_rel, want_size=size)
         if mask_path is None:
-            self.problems.append(Problem(where, "ROI mask not found (or not unique)", "skipped box"))
+            self._problem(where, "ROI mask not found (or not unique)", "skipped box")
             return None
         mask = self._read(where, mask_path)
         if mask is not None and tuple(mask.shape[:2]) != size:
@@ -240,25 +258,25 @@ class _Reader:
             return None
         box = mask_box_xyxy(mask)
         if box is None:
-            self.problems.append(Problem(where, "ROI mask is empty", "skipped box"))
+            self._problem(where, "ROI mask is empty", "skipped box")
         return box
 
-    def _read(self, where: str, path: Path) -> Optional[np.ndarray]:
+    def _read(self, where: _Where, path: Path) -> Optional[np.ndarray]:
         try:
             return _read_mask(path)
         except Exception as exc:  # noqa: BLE001 - reported, the rest of the dataset goes on
-            self.problems.append(Problem(where, f"cannot read ROI mask: {exc}", "skipped box"))
+            self._problem(where, f"cannot read ROI mask ({describe_error(exc, path)})", "skipped box")
             return None
 
-    def _sibling_mask(self, where: str, path: Path, shape: tuple[int, int], size: tuple[int, int]
+    def _sibling_mask(self, where: _Where, path: Path, shape: tuple[int, int], size: tuple[int, int]
                       ) -> Optional[np.ndarray]:
         """A mask of the wrong size: the only image-sized file beside it, when there is one; else reported."""
         what = f"ROI mask is {shape[0]}x{shape[1]} but the image is {size[0]}x{size[1]}"
         sibling = _same_size_sibling(path, size)
         mask = None if sibling is None else self._read(where, sibling)
         if mask is None or tuple(mask.shape[:2]) != size:
-            self.problems.append(Problem(where, f"{what} (mis-sized or mis-linked mask)", "skipped box"))
+            self._problem(where, f"{what} (mis-sized or mis-linked mask)", "skipped box")
             return None
-        self.problems.append(Problem(where, f"{what} (the cropped lesion image?); used {sibling.name} beside it, "
-                                            "the only file of the image's size", "note"))
+        self._problem(where, f"{what} (the cropped lesion image?); used {sibling.name} beside it, the only file of "
+                             "the image's size", "note", sibling.name)
         return mask

@@ -84,4 +84,5 @@ def _kept_apart(key: str, first: str, images: dict[str, dict]) -> Problem:
     a, b = images[key]["header"], images[first]["header"]
     other = first.replace("\\", "/").split("/")[0].split("-")[0]
     return Problem(key, f"the {other}- copy of this view (same patient, side, view and split) is {b.rows}x{b.columns}"
-                        f" but this one {a.rows}x{a.columns}: not the same mammogram, kept apart", "note")
+                        f" but this one {a.rows}x{a.columns}: not the same mammogram, kept apart", "note",
+                   paths=(key,))

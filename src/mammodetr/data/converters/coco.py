@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
-from mammodetr.data.converters.common import clean_text, normalise_laterality, normalise_split
+from mammodetr.data.converters.common import clean_text, normalise_laterality, normalise_split, read_utf8_text
 from mammodetr.data.records import LABELS, BoxRecord, Conversion, ImageRecord, Problem, worst_label
 
 
@@ -63,8 +63,8 @@ def _load(path: Path) -> dict:
     if not path.is_file():
         raise ValueError(f"{path}: COCO JSON not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(read_utf8_text(path, "COCO JSON"))  # JSON is UTF-8 (RFC 8259): anything else is one line
+    except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{path}: no 'images' list; not a COCO annotation file")
@@ -107,17 +107,18 @@ def _boxes_by_image(path: Path, annotations: list, images: dict, categories: dic
     return boxes
 
 
-def _image_label(where: str, img: dict, boxes: list[BoxRecord], problems: list[Problem]) -> Optional[str]:
+def _image_label(where: str, img: dict, boxes: list[BoxRecord], problems: list[Problem], paths: tuple[str, ...]
+                 ) -> Optional[str]:
     """The image's label, else the worst pathology of its boxes, else "normal" without boxes; None if unusable."""
     label = clean_text(img.get("label")).lower() or None
     if label is not None and label not in LABELS:
-        problems.append(Problem(where, f"label {label!r} is not one of {', '.join(LABELS)}"))
+        problems.append(Problem(where, f"label {label!r} is not one of {', '.join(LABELS)}", paths=paths))
         return None
     if label is None:
         if not boxes:
             return "normal"
         if any(b.pathology is None for b in boxes) and worst_label(b.pathology for b in boxes) != "malignant":
-            problems.append(Problem(where, "no image label and boxes without pathology"))
+            problems.append(Problem(where, "no image label and boxes without pathology", paths=paths))
             return None
         return worst_label(b.pathology for b in boxes)
     return label
@@ -129,7 +130,7 @@ def _record(path: Path, roots: list[Path], image_id, img: dict, boxes: list[BoxR
     where = f"{path.name} image {image_id!r} ({file_name})"
     candidates = [Path(file_name)] if Path(file_name).is_absolute() else [r / file_name for r in roots]
     image_path = next((c for c in candidates if c.exists()), candidates[0])
-    label = _image_label(where, img, boxes, problems)
+    label = _image_label(where, img, boxes, problems, (file_name,))
     if label is None:
         return None
     if label == "benign":

@@ -60,7 +60,7 @@ def convert(input_path: Path, *, images_dir: str | Path | None = None, **_option
 def _group_rows(path: Path, problems: list[Problem]) -> dict[str, dict]:
     """The CSV's usable rows merged per image_path: row numbers, patients, labels, first values, boxes."""
     groups: dict[str, dict] = {}
-    for line_no, where, row in read_csv_rows(path, REQUIRED, hint="; see docs/data.md"):
+    for line_no, where, row in read_csv_rows(path, REQUIRED, hint="; see docs/data.md", problems=problems):
         rel = clean_text(row.get("image_path"))
         patient = clean_text(row.get("patient_id"))
         label = clean_text(row.get("label")).lower()
@@ -68,7 +68,7 @@ def _group_rows(path: Path, problems: list[Problem]) -> dict[str, dict]:
             problems.append(Problem(where, "empty image_path", "skipped row"))
             continue
         if not patient:
-            problems.append(Problem(where, f"empty patient_id for {rel}", "skipped row"))
+            problems.append(Problem(where, f"empty patient_id for {rel}", "skipped row", paths=(rel,)))
             continue
         if label not in LABELS:
             problems.append(Problem(where, f"label {label!r} is not one of {', '.join(LABELS)}", "skipped row"))
@@ -103,20 +103,21 @@ def _record(path: Path, root: Path, rel: str, g: dict, problems: list[Problem]) 
     where = f"{path.name} row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows[:5]))}" + (
         ", ..." if len(rows) > 5 else "")
     if len(g["patients"]) > 1:
-        problems.append(Problem(f"{where} ({rel})", "rows of one image give different patient_id values"))
+        problems.append(Problem(f"{where} ({rel})", "rows of one image give different patient_id values", paths=(rel,)))
         return None
     label = worst_label(g["labels"])
     if len(set(g["labels"])) > 1:
         problems.append(Problem(f"{where} ({rel})", f"rows give different labels {sorted(set(g['labels']))}",
-                                f"used {label}"))
+                                f"used {label}", paths=(rel,)))
     boxes = g["boxes"]
     if label == "normal" and boxes:
-        problems.append(Problem(f"{where} ({rel})", "image labelled normal has boxes", "kept boxes"))
+        problems.append(Problem(f"{where} ({rel})", "image labelled normal has boxes", "kept boxes", paths=(rel,)))
     f = g["fields"]
     split_raw = f.get("split")
     split = normalise_split(split_raw)
     if split_raw and split is None:
-        problems.append(Problem(f"{where} ({rel})", f"split {split_raw!r} is not train/val/test", "ignored"))
+        problems.append(Problem(f"{where} ({rel})", f"split {split_raw!r} is not train/val/test", "ignored",
+                                paths=(rel,)))
     return ImageRecord(
         image_path=Path(rel) if Path(rel).is_absolute() else root / rel,
         key=rel,

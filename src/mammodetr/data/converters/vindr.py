@@ -108,7 +108,7 @@ def _new_entry(row: dict, study: str, line_no: int) -> dict:
 def _read_findings(csv_path: Path, positive: set[int], problems: list[Problem]) -> dict[str, dict]:
     """Per image_id: study, side, view, split, breast BI-RADS values, number of findings, boxes, density."""
     images: dict[str, dict] = {}
-    for line_no, where, row in read_csv_rows(csv_path, _REQUIRED):
+    for line_no, where, row in read_csv_rows(csv_path, _REQUIRED, problems=problems):
         study, image_id = clean_text(row["study_id"]), clean_text(row["image_id"])
         if not study or not image_id:
             problems.append(Problem(where, "empty study_id or image_id", "skipped row"))
@@ -138,7 +138,7 @@ def _add_breast_level_only(path: Path, images: dict[str, dict], problems: list[P
     Both tables list every image in the published dataset; an image missing from one points to a truncated or
     edited copy. Its label then comes from its breast BI-RADS only.
     """
-    for line_no, where, row in read_csv_rows(path, _BREAST_LEVEL_REQUIRED):
+    for line_no, where, row in read_csv_rows(path, _BREAST_LEVEL_REQUIRED, problems=problems):
         study, image_id = clean_text(row["study_id"]), clean_text(row["image_id"])
         if not study or not image_id or image_id in images:
             continue
