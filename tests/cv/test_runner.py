@@ -72,11 +72,12 @@ def run(dataset, tmp_path_factory):
         with pytest.raises(KeyboardInterrupt, match="fold_2.*run the same command again"):
             cross_validate(_config(dataset, out), OPTIONS, progress=False)
         assert not (out / SUMMARY_FILE).exists()
-        fold1_weights = (out / "fold_1" / "run" / "checkpoints" / "last" / "model.safetensors").stat().st_mtime_ns
+        fold1_last = out / "fold_1" / "run" / "checkpoints" / "last" / "model.safetensors"
+        fold1_weights = fold1_last.stat().st_mtime_ns
         mp.setattr(trainer_module, "train_one_epoch", real_epoch)
         mp.setattr(cv_module, "train", spy(1))
         summary = cross_validate(_config(dataset, out), OPTIONS, progress=False)
-        assert (out / "fold_1" / "run" / "checkpoints" / "last" / "model.safetensors").stat().st_mtime_ns == fold1_weights
+        assert fold1_last.stat().st_mtime_ns == fold1_weights
         mp.setattr(cv_module, "train", spy(2))
         again = cross_validate(_config(dataset, out), progress=False, **OPTIONS.to_dict())
     finally:
