@@ -145,3 +145,12 @@ def test_a_non_finite_criterion_total_stays_non_finite():
     losses["loss"] = losses["loss"] * float("nan")
     for method in ("fixed", "uncertainty", "gradnorm"):
         assert not torch.isfinite(_balancer(TaskConfig(method=method), criterion, model)(losses)["loss"])
+
+
+def test_the_epoch_line_shows_each_task_and_their_gradient_ratio():
+    from mammodetr.training.trainer import _epoch_line
+
+    line = _epoch_line({"epoch": 3, "train_loss": 2.0, "train_task_image": 0.2, "train_task_det": 1.8,
+                        "train_grad_ratio_det_image": 14.7, "train_images_per_s": 5.0})
+    assert "image 0.2000 / det 1.8000" in line and "grad det/image 14.70" in line
+    assert "grad" not in _epoch_line({"epoch": 1, "train_loss": 1.0})  # not measured: not shown

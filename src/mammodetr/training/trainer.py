@@ -462,6 +462,10 @@ def _summary(run: _Run, state: TrainState, seconds: float) -> dict:
 
 def _epoch_line(record: dict) -> str:
     parts = [f"epoch {record['epoch']}", f"loss {record.get('train_loss', float('nan')):.4f}"]
+    if "train_task_image" in record:  # the balance of the two tasks, as the shared backbone receives it
+        parts.append(f"image {record['train_task_image']:.4f} / det {record['train_task_det']:.4f}")
+    if record.get("train_grad_ratio_det_image") is not None:
+        parts.append(f"grad det/image {record['train_grad_ratio_det_image']:.2f}")
     for k in ("auc", "recall25", "map50"):
         v = record.get(f"val_{k}")
         if v is not None:
