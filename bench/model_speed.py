@@ -110,7 +110,7 @@ def _setup(backbone: str, size: int, dev, channels_last: bool, infer_batch: int,
         "boxes_cxcywh": torch.tensor([[0.4, 0.4, 0.1, 0.1]]) if i % 2 == 0 else torch.zeros(0, 4),
         "box_malignant": torch.ones(1 - i % 2, dtype=torch.int64), "label": torch.tensor(1 - i % 2),
         "file_name": f"{i}.png", "orig_size_hw": torch.tensor([size, size])}) for i in range(train_batch)]
-    optim_cfg = OptimConfig(warmup_epochs=0)
+    optim_cfg = OptimConfig(warmup_epochs=0, backbone_lr_mult=0.1)
     return {
         "torch": torch, "nn": nn, "model": model, "criterion": criterion, "classifier": classifier, "fmt": fmt,
         "x1": torch.rand(infer_batch, 1, size, size, device=dev).contiguous(memory_format=fmt),

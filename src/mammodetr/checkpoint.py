@@ -40,7 +40,8 @@ from mammodetr.outputs import write_error
 
 __all__ = ["MODEL_FILE", "CONFIG_FILE", "META_FILE", "STATE_FILE", "CheckpointError", "Checkpoint",
            "save_checkpoint", "resolve_checkpoint", "read_checkpoint", "verify_weights", "load_checkpoint",
-           "load_model", "restore_weights", "load_training_state", "file_sha256", "weights_sha256"]
+           "load_model", "restore_weights", "load_training_state", "file_sha256", "weights_sha256", "unwrap_model",
+           "write_checkpoint_folder"]
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -77,7 +78,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
+    return {k: v.detach().contiguous().cpu() for k, v in unwrap_model(model).state_dict().items()}
 
 
 _SAFETENSORS_META = {"format": "pt"}
@@ -88,8 +89,8 @@ def weights_sha256(model: nn.Module) -> str:
     return hashlib.sha256(save(_state(model), metadata=_SAFETENSORS_META)).hexdigest()
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP and torch.compile wrap the module; the file must hold the plain module's keys.
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP and ``torch.compile`` wrappers (whose keys a checkpoint file holds)."""
     model = getattr(model, "module", model)
     return getattr(model, "_orig_mod", model)
 
@@ -116,14 +117,37 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: RunConfig, 
             as their own error types, turned into this one line); the temporary folder is removed and an earlier
             checkpoint at ``directory`` is left untouched.
     """
+    state = {k: v.detach().contiguous().cpu() for k, v in unwrap_model(model).state_dict().items()}
+    return write_checkpoint_folder(directory, state, lambda tmp: {CONFIG_FILE: dumps(config.to_dict()),
+                                                                  META_FILE: dumps(_meta(tmp / MODEL_FILE, meta))},
+                                   training_state=training_state)
+
+
+def write_checkpoint_folder(directory: str | Path, weights: dict[str, torch.Tensor], texts, *,
+                            training_state: dict | None = None, weights_file: str = MODEL_FILE) -> Path:
+    """Atomically write a folder of weights (safetensors), text files and an optional training state.
+
+    Args:
+        directory: the target folder.
+        weights: tensors for ``weights_file``.
+        texts: ``{file name: text}``, or a function of the temporary folder (after the weights are written there)
+            returning it, for texts that describe the weights (e.g. their SHA-256).
+        training_state: written to ``training_state.pt`` (tensors and plain values only).
+        weights_file: the weights' file name.
+
+    Raises:
+        OutputWriteError: the folder cannot be written; the temporary folder is removed, an earlier ``directory``
+            is kept.
+    """
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        save_file(_state(model), str(tmp / MODEL_FILE), metadata=_SAFETENSORS_META)
-        _write(tmp / CONFIG_FILE, dumps(config.to_dict()))
-        _write(tmp / META_FILE, dumps(_meta(tmp / MODEL_FILE, meta)))
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / weights_file),
+                  metadata=_SAFETENSORS_META)
+        for name, text in (texts(tmp) if callable(texts) else texts).items():
+            _write(tmp / name, text)
         if training_state is not None:
             torch.save(training_state, tmp / STATE_FILE)
         _fsync_dir(tmp)
@@ -157,10 +181,11 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fh.fileno())
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+def resolve_checkpoint(path: str | Path, config_file: str = CONFIG_FILE) -> Path:
     """A checkpoint folder from a checkpoint folder or a run folder (its ``checkpoints/best``).
 
-    Falls back to ``<name>.old`` when a save was interrupted between its two renames.
+    Falls back to ``<name>.old`` when a save was interrupted between its two renames. ``config_file`` is the JSON
+    that marks a complete folder (``pretrain`` checkpoints hold ``pretrain.json``, not a model config).
     """
     path = Path(path)
     candidates = [path]
@@ -168,9 +193,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         candidates = [path / "checkpoints" / "best", path / "checkpoints" / "last"]
     for c in candidates:
         for d in (c, c.with_name(c.name + ".old")):
-            if (d / MODEL_FILE).is_file() and (d / CONFIG_FILE).is_file():
+            if (d / MODEL_FILE).is_file() and (d / config_file).is_file():
                 return d
-    raise CheckpointError(f"{path}: no checkpoint found (expected {MODEL_FILE} and {CONFIG_FILE}, or a run folder)")
+    raise CheckpointError(f"{path}: no checkpoint found (expected {MODEL_FILE} and {config_file}, or a run folder)")
 
 
 def _read_json(path: Path) -> dict:
@@ -276,14 +301,14 @@ def load_weights(model: nn.Module, path: Path, map_location: str | torch.device 
         state = load_file(str(path), device=str(map_location))
     except Exception as exc:  # noqa: BLE001 - any reader failure is one clear line
         raise CheckpointError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
-    missing, unexpected = _unwrap(model).load_state_dict(state, strict=False)
+    missing, unexpected = unwrap_model(model).load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path.parent}: weights do not fit the stored config "
                               f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
 
 
-def load_training_state(path: str | Path) -> dict[str, Any]:
-    ckpt = resolve_checkpoint(path)
+def load_training_state(path: str | Path, config_file: str = CONFIG_FILE) -> dict[str, Any]:
+    ckpt = resolve_checkpoint(path, config_file)
     f = ckpt / STATE_FILE
     if not f.is_file():
         raise CheckpointError(f"{ckpt}: has no {STATE_FILE} (a weights-only checkpoint cannot be resumed)")

@@ -1,8 +1,10 @@
 """The run configuration: one typed tree, with YAML files and CLI flags as layers over the defaults.
 
-``RunConfig`` = model + loss + data + optim + train. Defaults are the paper's where it states them
+``RunConfig`` = model + loss + tasks + data + optim + train. Defaults are the paper's where it states them
 (512 px, batch 32, lr 1e-4, 400 epochs, patience 150, 3 queries, focal image loss, lambdas 5/2/1).
-The choices it does not state are documented here and in docs/training.md.
+The choices it does not state are documented here and in docs/training.md. A field whose default depends on
+others is None ("auto") and is decided by :meth:`RunConfig.resolve_auto` when a run starts; the decided value is
+what the run folder records.
 
 The resolved config is saved with every run and checkpoint and loads back as the same type:
 ``RunConfig.from_dict(cfg.to_dict()) == cfg``. ``data.prepare`` records how the training dataset was prepared,
@@ -15,7 +17,7 @@ import dataclasses
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 import yaml
 
@@ -31,7 +33,9 @@ class DataConfig:
         path: prepared dataset folder (``mammodetr prepare`` + ``mammodetr split``).
         image_size: square model input side (paper: 512).
         letterbox: keep the aspect ratio and pad, instead of the paper's plain resize.
-        augment: augmentation preset for training ("none", "light", "strong").
+        augment: augmentation preset for training ("none", "light", "strong", "mammo"; docs/data.md).
+        balance: class-balanced sampling: each epoch draws its images with replacement so that malignant and
+            other images come equally often (deterministic in (seed, epoch); resumable; sharded across processes).
         train_split, val_split: split names used for training and validation.
         workers: DataLoader worker processes per process (0 = load in the main process).
         prepare: how the dataset was prepared (read from its annotations.json by the trainer; prediction on raw
@@ -42,6 +46,7 @@ class DataConfig:
     image_size: int = 512
     letterbox: bool = False
     augment: str = "light"
+    balance: bool = False
     train_split: str = "train"
     val_split: str = "val"
     workers: int = 4
@@ -57,7 +62,9 @@ class DataConfig:
 class OptimConfig:
     """Attributes:
         lr: AdamW learning rate of the heads (paper: 1e-4).
-        backbone_lr_mult: backbone lr = lr * this (DETR practice: 0.1 for a pretrained backbone).
+        backbone_lr_mult: backbone lr = lr * this; None = auto: 0.1 for a pretrained backbone (DETR practice),
+            1.0 with ``model.pretrained: none`` (a random backbone must learn as fast as the heads). The value used
+            is written into the run's config.json.
         weight_decay: AdamW weight decay (DETR: 1e-4); not applied to norms and biases.
         grad_clip: max global gradient norm (DETR: 0.1); 0 disables clipping.
         schedule: "cosine" (to ``min_lr_ratio`` * lr), "step" (x0.1 at ``step_epochs``) or "constant".
@@ -67,7 +74,7 @@ class OptimConfig:
     """
 
     lr: float = 1e-4
-    backbone_lr_mult: float = 0.1
+    backbone_lr_mult: float | None = None
     weight_decay: float = 1e-4
     grad_clip: float = 0.1
     schedule: str = "cosine"
@@ -96,7 +103,13 @@ class TrainConfig:
         device: "auto" (CUDA when available), "cpu" or "cuda".
         tensorboard: also write TensorBoard event files.
         max_steps_per_epoch: cap the steps of an epoch (smoke runs); 0 = no cap.
-        log_every: refresh the progress bar's loss every N optimizer steps (reading it waits for the GPU).
+        ema: decay of an exponential moving average of the weights (e.g. 0.999, with the usual warm-up
+            min(decay, (1 + n) / (10 + n)) over the first steps); validation, the best checkpoint and export use
+            the averaged weights. 0 = off.
+        tta: horizontal-flip test-time augmentation in validation (probabilities averaged, boxes mapped back and
+            merged); ``predict``, ``evaluate`` and ``serve`` use it by default for this model.
+        log_every: every N optimizer steps, read the losses for the progress bar (reading waits for the GPU) and
+            measure each task's gradient norm on the last shared layer (read once per epoch, in metrics.jsonl).
         keep_host_memory: on a CPU (Linux, glibc), keep memory freed during training in the process instead of
             returning it to the OS after every step: re-faulting it cost 10-25 % of a 512 px step. The process
             stays at its peak memory while training.
@@ -117,16 +130,54 @@ class TrainConfig:
     device: str = "auto"
     tensorboard: bool = False
     max_steps_per_epoch: int = 0
+    ema: float = 0.0
+    tta: bool = False
     log_every: int = 20
     keep_host_memory: bool = True
 
 
+TASK_BALANCE_METHODS = ("fixed", "uncertainty", "gradnorm")
+
+
+@dataclass
+class TaskConfig:
+    """How the image loss and the detection losses are combined into the training loss (docs/training.md).
+
+    The criterion's weights (``loss.weight_*``) apply first; then L = w_cls * L_image + w_det * lambda * L_det,
+    where L_image = weight_cls * loss_cls and L_det sums weight_bbox * L1 + weight_giou * GIoU + weight_obj * obj
+    over the decoder layers.
+
+    Attributes:
+        method: "fixed" (w = 1), "uncertainty" (learned task uncertainties, Kendall et al. 2018:
+            exp(-s_t) L_t + s_t, s_t trained with the model) or "gradnorm" (every ``gradnorm_every`` steps, w_det
+            is set so that both tasks' gradients on the last shared layer have the same norm; smoothed).
+        det_weight: lambda, the weight of the detection losses against the image loss; 0 = classification only.
+        det_layers: "sum" adds the decoder layers' detection losses (DETR); "mean" averages them, so the number of
+            decoder layers does not multiply the detection weight.
+        det_warmup_epochs: lambda rises linearly from 0 to ``det_weight`` over this many epochs (0 = from the
+            start), so the shared backbone first learns the image task.
+        uncertainty_lr: learning rate of the uncertainty weights s_t (scalars, no weight decay).
+        gradnorm_every: steps between the gradient-norm measurements of "gradnorm".
+        gradnorm_momentum: smoothing of w_det (in log space) between measurements.
+    """
+
+    method: Literal["fixed", "uncertainty", "gradnorm"] = "fixed"
+    det_weight: float = 1.0
+    det_layers: Literal["sum", "mean"] = "sum"
+    det_warmup_epochs: float = 0.0
+    uncertainty_lr: float = 0.01
+    gradnorm_every: int = 10
+    gradnorm_momentum: float = 0.9
+
+
 @dataclass
 class RunConfig:
-    """Everything a run is: the model, its losses, the data, the optimiser and the training loop."""
+    """Everything a run is: the model, its losses and how the tasks are balanced, the data, the optimiser and the
+    training loop."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    tasks: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -155,6 +206,109 @@ class RunConfig:
             raise ValueError(f"optim.schedule must be cosine, step or constant, got {self.optim.schedule!r}")
         if self.data.image_size < 32:
             raise ValueError("data.image_size must be at least 32")
+        if not 0.0 <= t.ema < 1.0:
+            raise ValueError(f"train.ema must be in [0, 1) (0 = off), got {t.ema}")
+        if t.log_every < 0:
+            raise ValueError(f"train.log_every must be >= 0, got {t.log_every}")
+        self._validate_tasks()
+
+    def _validate_tasks(self) -> None:
+        k = self.tasks
+        if k.method not in TASK_BALANCE_METHODS:
+            raise ValueError(f"tasks.method must be one of {', '.join(TASK_BALANCE_METHODS)}, got {k.method!r}")
+        if k.det_layers not in ("sum", "mean"):
+            raise ValueError(f"tasks.det_layers must be sum or mean, got {k.det_layers!r}")
+        if k.det_weight < 0 or k.det_warmup_epochs < 0:
+            raise ValueError("tasks.det_weight and tasks.det_warmup_epochs must be >= 0")
+        if k.gradnorm_every < 1 or not 0.0 <= k.gradnorm_momentum < 1.0:
+            raise ValueError("tasks.gradnorm_every must be >= 1 and tasks.gradnorm_momentum in [0, 1)")
+
+    def resolve_auto(self) -> list[str]:
+        """Fill the fields whose default depends on others (None = auto), in place; returns what was decided.
+
+        ``optim.backbone_lr_mult``: 0.1 with a pretrained backbone, 1.0 from scratch.
+        """
+        notes = []
+        if self.optim.backbone_lr_mult is None:
+            scratch = self.model.pretrained in ("none", "", None)
+            self.optim.backbone_lr_mult = 1.0 if scratch else 0.1
+            notes.append(f"backbone lr multiplier {self.optim.backbone_lr_mult:g} (auto: "
+                         f"{'training from scratch' if scratch else 'pretrained backbone'})")
+        return notes
+
+
+@dataclass
+class PretrainConfig:
+    """Self-supervised pretraining of a backbone on unlabelled mammograms (``mammodetr pretrain``).
+
+    Attributes:
+        data: a prepared dataset folder (labels ignored), or a folder of DICOM/PNG/TIFF files (prepared on the fly
+            as ``mammodetr prepare`` would, once, into ``OUT/cache``).
+        splits: splits of a prepared dataset to use; None = every image but the test split (test images must not
+            shape the model that is tested on them).
+        out: run folder (``backbone.safetensors`` + ``backbone.json``, checkpoints, metrics.jsonl).
+        backbone: registry name or timm name (as ``train --backbone``).
+        backbone_options: extra backbone arguments (as ``model.backbone_options``).
+        pretrained: start from these weights ("none", "hub" or a file), e.g. to adapt ImageNet weights to
+            mammograms.
+        method: the objective; "simsiam" (Chen & He 2021: two views, a predictor, stop-gradient; no negatives, so
+            small batches work).
+        image_size: square input side (use the size ``train`` will use).
+        letterbox: keep the aspect ratio and pad (as ``data.letterbox``).
+        epochs: passes over the images.
+        batch_size: images per step over all processes (each gives two views); at least 2 per process.
+        lr: AdamW learning rate (cosine schedule after the warm-up).
+        weight_decay: AdamW weight decay (not on norms and biases).
+        warmup_epochs: linear warm-up length.
+        proj_dim: width of the projection MLP (3 layers) and of the embedding.
+        pred_dim: bottleneck width of the predictor MLP.
+        precision: "fp32", "bf16" or "fp16" (CUDA).
+        seed: global seed (views are a function of (seed, epoch, image)).
+        device: "auto", "cpu" or "cuda".
+        workers: DataLoader worker processes.
+        max_steps_per_epoch: cap the steps of an epoch (smoke runs); 0 = no cap.
+    """
+
+    data: str = ""
+    splits: tuple[str, ...] | None = None
+    out: str = "runs/pretrain"
+    backbone: str = "resnet50"
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    pretrained: str = "none"
+    method: Literal["simsiam"] = "simsiam"
+    image_size: int = 512
+    letterbox: bool = False
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 2
+    proj_dim: int = 512
+    pred_dim: int = 128
+    precision: str = "fp32"
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 4
+    max_steps_per_epoch: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PretrainConfig":
+        return apply_overrides(cls(), d)
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ValueError("no data: pass --data (a prepared dataset folder, or a folder of DICOM/PNG files)")
+        if self.method != "simsiam":
+            raise ValueError(f"pretrain method must be simsiam, got {self.method!r}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.image_size < 32:
+            raise ValueError(f"image_size must be at least 32, got {self.image_size}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("epochs must be >= 1 and batch_size >= 2")
 
 
 def _coerce(value: Any, hint: Any) -> Any:

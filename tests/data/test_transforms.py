@@ -69,3 +69,57 @@ def test_box_pushed_out_is_dropped():
         assert b.shape[0] == int(keep.sum())
         dropped += int((~keep).sum())
     assert dropped > 0
+
+
+def _ellipse_image(cx, cy, a, b, size=128):
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    return torch.from_numpy((((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1).astype(np.float32))[None]
+
+
+@pytest.mark.parametrize("angle", [5.0, 8.0, 25.0])
+def test_ellipse_box_rotation_is_exact_for_an_elliptical_lesion(angle):
+    size, (cx, cy, a, b) = 128, (60.0, 70.0, 22.0, 10.0)
+    img = _ellipse_image(cx, cy, a, b, size)
+    box = torch.tensor([[cx - a, cy - b, cx + a, cy + b]])
+    for seed in range(4):
+        p = AugmentPreset("rot", rotate_deg=angle, scale=(0.9, 1.1), box_rotation="ellipse")
+        out, got, _ = augment(img, box, p, np.random.default_rng(seed))
+        np.testing.assert_allclose(got[0].numpy(), _bbox(out), atol=1.2)  # the lesion's own box, to a pixel
+        corners = augment(img, box, AugmentPreset("rot", rotate_deg=angle, scale=(0.9, 1.1)),
+                          np.random.default_rng(seed))[1]
+        assert (corners[0, 2:] - corners[0, :2] >= got[0, 2:] - got[0, :2] - 1e-4).all()  # corners only grow
+
+
+def test_mammo_preset_keeps_the_background_black_and_never_flips_vertically():
+    from mammodetr.data.transforms import _affine_matrix
+
+    p = get_preset("mammo")
+    assert p.box_rotation == "ellipse" and p.brightness == 0 and p.contrast == 0 and p.noise_std == 0
+    geometry_only = AugmentPreset("geo", hflip_p=p.hflip_p, scale=p.scale, translate=p.translate,
+                                  rotate_deg=p.rotate_deg)
+    img = torch.zeros(1, S, S)
+    img[0, 10:54, :30] = 0.6
+    for seed in range(30):
+        assert _affine_matrix(p, np.random.default_rng(seed))[1, 1] > 0  # the y axis is never mirrored
+        out = augment(img, torch.zeros(0, 4), p, np.random.default_rng(seed))[0]
+        moved = augment(img, torch.zeros(0, 4), geometry_only, np.random.default_rng(seed))[0]
+        assert (moved == 0).any() and out[moved == 0].abs().max() == 0  # black stays black
+        assert out[moved > 0.5].mean() > 0.3  # the tissue is still there
+
+
+def test_quantum_noise_grows_with_the_signal():
+    p = AugmentPreset("q", quantum_noise=0.05)
+    img = torch.cat([torch.full((1, S, S // 2), 0.04), torch.full((1, S, S // 2), 0.64)], dim=2)
+    out = augment(img, torch.zeros(0, 4), p, np.random.default_rng(0))[0]
+    dark, bright = (out - img)[0, :, : S // 2].std(), (out - img)[0, :, S // 2:].std()
+    assert bright / dark == pytest.approx(4.0, rel=0.15)  # sqrt(0.64 / 0.04)
+    assert torch.equal(augment(torch.zeros(1, S, S), torch.zeros(0, 4), p, np.random.default_rng(0))[0],
+                       torch.zeros(1, S, S))
+
+
+def test_existing_presets_draw_as_before():
+    # The new intensity steps draw nothing when off: a preset without them gives the same image as before them.
+    img, box = torch.rand(1, S, S), torch.tensor([[10.0, 10.0, 30.0, 40.0]])
+    a = augment(img, box, "strong", np.random.default_rng(5))
+    b = augment(img, box, AugmentPreset(**{**get_preset("strong").__dict__, "gain": 0.0}), np.random.default_rng(5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -32,7 +32,7 @@ class _Setup:
         torch.manual_seed(0)
         self.model = build_model(ModelConfig(**TINY))
         self.criterion = build_criterion(LossConfig(), num_aux=TINY["dec_layers"] - 1)
-        self.optimizer = build_optimizer(self.model, OptimConfig(warmup_epochs=0))
+        self.optimizer = build_optimizer(self.model, OptimConfig(warmup_epochs=0, backbone_lr_mult=0.1))
         self.scheduler = build_scheduler(self.optimizer, OptimConfig(warmup_epochs=0), 10, 1)
         self.scaler = torch.amp.GradScaler("cpu", enabled=False)
         self.wrapper = criterion_wrapper

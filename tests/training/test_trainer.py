@@ -64,8 +64,9 @@ def test_same_seed_gives_identical_weights(tiny_dataset, tmp_path):
     assert any(not torch.equal(v, c[k]) for k, v in _weights(tmp_path / "a").items())
 
 
-def test_resume_equals_straight_run(tiny_dataset, tmp_path, monkeypatch):
-    assert _train(tiny_dataset, tmp_path / "straight", "--epochs", "2", "--augment", "light") == 0
+def _interrupt_and_resume(tiny_dataset, tmp_path, monkeypatch, *extra):
+    """A straight 2-epoch run, and the same run stopped by Ctrl-C in epoch 2 then resumed: (straight, split)."""
+    assert _train(tiny_dataset, tmp_path / "straight", "--epochs", "2", "--augment", "light", *extra) == 0
     # Second run: Ctrl-C after the first optimizer step of epoch 2, then --resume.
     from mammodetr.models import criterion as crit
 
@@ -79,7 +80,7 @@ def test_resume_equals_straight_run(tiny_dataset, tmp_path, monkeypatch):
         return original(self, outputs, targets)
 
     monkeypatch.setattr(crit.SetCriterion, "forward", interrupting_forward)
-    assert _train(tiny_dataset, tmp_path / "split", "--epochs", "2", "--augment", "light") == 130
+    assert _train(tiny_dataset, tmp_path / "split", "--epochs", "2", "--augment", "light", *extra) == 130
     monkeypatch.setattr(crit.SetCriterion, "forward", original)
     meta = json.loads((tmp_path / "split" / "checkpoints" / "last" / "meta.json").read_text())
     assert meta["interrupted"] and meta["epoch"] == 1 and meta["batch_in_epoch"] == 1
@@ -87,6 +88,93 @@ def test_resume_equals_straight_run(tiny_dataset, tmp_path, monkeypatch):
     _assert_same(_weights(tmp_path / "straight"), _weights(tmp_path / "split"))
     lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    return tmp_path / "straight", tmp_path / "split"
+
+
+def test_resume_equals_straight_run(tiny_dataset, tmp_path, monkeypatch):
+    _interrupt_and_resume(tiny_dataset, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("aid", [
+    ["--ema", "0.9"],
+    ["--balance"],
+    ["--task-balance", "uncertainty", "--det-warmup-epochs", "1.5"],
+    ["--task-balance", "gradnorm", "--set", "tasks.gradnorm_every=1", "--log-every", "1", "--det-layers", "mean"],
+], ids=["ema", "balance", "uncertainty", "gradnorm"])
+def test_resume_equals_straight_run_with_each_small_data_aid(tiny_dataset, tmp_path, monkeypatch, aid):
+    straight, split = _interrupt_and_resume(tiny_dataset, tmp_path, monkeypatch, *aid)
+    a, b = (torch.load(r / "checkpoints" / "last" / "training_state.pt", weights_only=True) for r in (straight, split))
+    assert a["tasks"].keys() == b["tasks"].keys()
+    for k in a["tasks"]:
+        assert torch.equal(a["tasks"][k], b["tasks"][k]), k  # learned task weights / gradnorm scale resume too
+    if "--ema" in aid:
+        assert a["ema"] == b["ema"] == {"updates": 6}
+        _assert_same(a["model"], b["model"])  # the raw weights, beside the averaged ones in model.safetensors
+        averaged = _weights(straight)
+        assert any(not torch.equal(averaged[k], v) for k, v in a["model"].items() if k in averaged)
+
+
+def test_ema_weights_are_what_is_validated_and_saved(tiny_dataset, tmp_path, monkeypatch):
+    from mammodetr.training import ema as ema_mod
+
+    seen = {"start": None, "raw": []}
+    original_init, original_update = ema_mod.ModelEma.__init__, ema_mod.ModelEma.update
+
+    def init(self, model, decay):
+        original_init(self, model, decay)
+        seen["start"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def update(self, model):
+        seen["raw"].append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        original_update(self, model)
+
+    monkeypatch.setattr(ema_mod.ModelEma, "__init__", init)
+    monkeypatch.setattr(ema_mod.ModelEma, "update", update)
+    run = tmp_path / "run"
+    assert _train(tiny_dataset, run, "--epochs", "2", "--ema", "0.5") == 0
+    # The average written by hand from the raw weights after each optimizer step (2 epochs x 3 steps).
+    want = {k: v.double() for k, v in seen["start"].items() if v.dtype.is_floating_point}
+    for n, raw in enumerate(seen["raw"]):
+        d = min(0.5, (1 + n) / (10 + n))
+        want = {k: d * v + (1 - d) * raw[k].double() for k, v in want.items()}
+    saved = _weights(run)
+    assert len(seen["raw"]) == 6
+    for k, v in want.items():
+        torch.testing.assert_close(saved[k].double(), v, rtol=1e-5, atol=1e-6, msg=k)
+    state = torch.load(run / "checkpoints" / "last" / "training_state.pt", weights_only=True)
+    _assert_same(state["model"], seen["raw"][-1])  # the raw weights travel in the training state
+    best = json.loads((run / "checkpoints" / "best" / "meta.json").read_text())["epoch"]
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[best - 1]["val_score"] == max(m["val_score"] for m in metrics)
+
+
+def test_header_and_auto_backbone_multiplier_are_logged_without_progress(tiny_dataset, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="mammodetr.train"):
+        assert _train(tiny_dataset, tmp_path / "run", "--epochs", "1") == 0
+    text = caplog.text
+    ds = json.loads((tiny_dataset / "annotations.json").read_text())["images"]
+    n_train = sum(im["split"] == "train" for im in ds)
+    assert f"train {n_train} images of" in text and "val " in text
+    assert "backbone lr multiplier 1 (auto: training from scratch)" in text
+    for topic in ("model     :", "precision :", "schedule  : 3 optimizer steps per epoch", "parameters", "ETA"):
+        assert topic in text, topic
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["optim"]["backbone_lr_mult"] == 1.0
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mammodetr.train"):
+        assert _train(tiny_dataset, tmp_path / "set", "--epochs", "1", "--set", "optim.backbone_lr_mult=0.5") == 0
+    assert "backbone lr multiplier 0.5," in caplog.text and "auto" not in caplog.text.split("optimiser :")[1][:80]
+
+
+def test_each_task_loss_and_its_gradient_norm_are_logged(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    assert _train(tiny_dataset, run, "--epochs", "1", "--log-every", "1") == 0
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    for key in ("train_task_image", "train_task_det", "train_grad_norm_image", "train_grad_norm_det",
+                "train_grad_ratio_det_image", "train_w_det", "train_det_lambda"):
+        assert key in record and math.isfinite(record[key]), key
+    assert record["train_grad_norm_image"] > 0 and record["train_grad_norm_det"] > 0
 
 
 def test_non_finite_loss_stops_with_message_and_keeps_checkpoint(tiny_dataset, tmp_path, capsys, monitor_nan):

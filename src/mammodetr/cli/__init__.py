@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("mammodetr.cli.prepare", "convert a dataset (coco/csv/mias/cbis-ddsm/vindr) into a prepared folder"),
     "split": ("mammodetr.cli.split", "patient-level, label-stratified train/val/test split"),
     "train": ("mammodetr.cli.train", "train a multi-task DETR model"),
+    "pretrain": ("mammodetr.cli.pretrain", "self-supervised pretraining of a backbone on unlabelled images"),
     "cv": ("mammodetr.cli.cv", "k-fold cross-validation: a run per fold, out-of-fold predictions in one report"),
     "predict": ("mammodetr.cli.predict", "predict malignancy and lesion boxes for images"),
     "export": ("mammodetr.cli.export", "export a checkpoint to ONNX for onnxruntime (needs mammodetr[onnx])"),
@@ -35,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("mammodetr.cli.demo", "synthetic data -> prepare -> split -> train -> evaluate, offline"),
 }
 # Commands whose progress is worth an INFO line per step (epochs, phases); the others log warnings only.
-_CHATTY = {"train", "cv", "demo", "evaluate"}
+_CHATTY = {"train", "pretrain", "cv", "demo", "evaluate"}
 
 
 def _module(name: str):
@@ -67,7 +68,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _setup_logging(command: str, debug: bool = False) -> None:
-    fmt = "%(asctime)s %(levelname)s %(message)s" if command in ("train", "cv", "demo") else "%(levelname)s %(message)s"
+    timed = command in ("train", "pretrain", "cv", "demo")
+    fmt = "%(asctime)s %(levelname)s %(message)s" if timed else "%(levelname)s %(message)s"
     logging.basicConfig(level=logging.INFO if command in _CHATTY else logging.WARNING, format=fmt, stream=sys.stderr)
     if debug:  # our own details (e.g. a decoder's log lines and tracebacks for a corrupt file), not every library's
         logging.getLogger("mammodetr").setLevel(logging.DEBUG)

@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batch = default_of(Predictor, "batch_size")
     parser.add_argument("--batch-size", type=int, default=batch, help=f"images per forward pass (default: {batch})")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="horizontal-flip test-time augmentation (default: as the model was validated, its "
+                             "train.tta)")
     parser.add_argument("--no-verify", action="store_true",
                         help="load weights whose SHA-256 differs from the one recorded (hand-edited weights)")
     parser.add_argument("--no-report", action="store_true", help="write metrics.json only")
@@ -60,7 +63,7 @@ def _predictions_from(source: str, args, split: str) -> PredictionSet:
     if _is_predictions_file(source):
         return read_predictions(path)
     predictor = Predictor.from_checkpoint(path, device=args.device, batch_size=args.batch_size,
-                                          verify=not args.no_verify)
+                                          verify=not args.no_verify, tta=args.tta)
     return predictor.predict_split(args.data, split)
 
 
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = preds = None
     if args.checkpoint:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
-                                              verify=not args.no_verify)
+                                              verify=not args.no_verify, tta=args.tta)
     else:
         preds = read_predictions(args.predictions)
     for line in move_all_aside(aside):  # only once every input has been read

@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batch = default_of(Predictor, "batch_size")
     parser.add_argument("--batch-size", type=int, default=batch, help=f"images per forward pass (default: {batch})")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="horizontal-flip test-time augmentation (default: as the model was validated, its "
+                             "train.tta)")
     parser.add_argument("--no-verify", action="store_true",
                         help="load weights whose SHA-256 differs from the one recorded (hand-edited weights)")
     parser.add_argument("--overwrite", action="store_true",
@@ -107,8 +110,9 @@ def load_predictor(args: argparse.Namespace) -> Predictor:
     if args.model is not None:
         if args.device not in ("auto", "cpu"):
             log.warning("--device %s is not used with --model: onnxruntime runs on the CPU", args.device)
-        return Predictor.from_onnx(args.model, batch_size=batch)
-    return Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=batch, verify=not args.no_verify)
+        return Predictor.from_onnx(args.model, batch_size=batch, tta=args.tta)
+    return Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=batch, verify=not args.no_verify,
+                                     tta=args.tta)
 
 
 def _start(args: argparse.Namespace) -> tuple[InputScan, Predictor, SRExporter | None]:

@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_flags(parser, ServeOptions)
     add_dataclass_flags(parser, ExamOptions)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="horizontal-flip test-time augmentation (default: as the model was validated, its "
+                             "train.tta)")
     parser.add_argument("--no-verify", action="store_true",
                         help="load weights whose SHA-256 differs from the one recorded (hand-edited weights)")
 

@@ -48,8 +48,15 @@ FLAGS: dict[str, str] = {
     "--feature-levels": "model.feature_levels",
     "--num-queries": "model.num_queries",
     "--max-steps-per-epoch": "train.max_steps_per_epoch",
+    "--ema": "train.ema",
+    "--balance": "data.balance",
+    "--tta": "train.tta",
     "--log-every": "train.log_every",
     "--keep-host-memory": "train.keep_host_memory",
+    "--task-balance": "tasks.method",
+    "--det-weight": "tasks.det_weight",
+    "--det-layers": "tasks.det_layers",
+    "--det-warmup-epochs": "tasks.det_warmup_epochs",
 }
 
 
@@ -121,6 +128,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     if args.print_config:
+        cfg.resolve_auto()  # show what the run would use
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     if args.resume and args.overwrite:

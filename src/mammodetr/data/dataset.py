@@ -37,7 +37,7 @@ class MammoDataset(torch.utils.data.Dataset):
         root: prepared dataset folder (holding ``annotations.json`` and ``images/``).
         split: "train" | "val" | "test", or None for every image.
         image_size: S, the side of the square model input.
-        augment: preset name ("none", "light", "strong").
+        augment: preset name ("none", "light", "strong", "mammo").
         letterbox: keep the aspect ratio and pad (True) or resize plainly (False, as in the paper).
         seed: augmentation seed; an image's augmentation depends on (seed, epoch, index) only.
         cache: cache the resized image as .npy for fast reloads.
@@ -76,6 +76,7 @@ class MammoDataset(torch.utils.data.Dataset):
             kind = "letterbox" if letterbox else "plain"
             self.cache_dir = (Path(cache_dir) if cache_dir else self.root / "cache") / f"{int(image_size)}_{kind}"
         self.epoch = 0
+        self.repeat = 0
 
     def _select(self, all_images: list[dict], split: Optional[str]) -> list[dict]:
         if split is None:
@@ -106,14 +107,17 @@ class MammoDataset(torch.utils.data.Dataset):
     def patient_ids(self) -> list[str]:
         return [str(img["patient_id"]) for img in self.images]
 
-    def set_epoch(self, epoch: int) -> None:
-        """Augmentations are a function of (seed, epoch, index) alone (see ``_generator``)."""
+    def set_epoch(self, epoch: int, repeat: int = 0) -> None:
+        """Augmentations are a function of (seed, epoch, index) alone (see ``_generator``); ``repeat`` k > 0 marks
+        the k-th repeat of an image within an epoch (sampling with replacement), which gets its own draw."""
         self.epoch = int(epoch)
+        self.repeat = int(repeat)
 
     def _generator(self, index: int) -> np.random.Generator:
         # Keyed on (seed, epoch, index) rather than on worker state, so an augmentation does not depend
         # on the number of workers or processes, persistent workers, or a resumed run.
-        return np.random.default_rng([self.seed, self.epoch, index])
+        key = [self.seed, self.epoch, index] + ([self.repeat] if self.repeat else [])
+        return np.random.default_rng(key)
 
     def _base_image(self, index: int) -> np.ndarray:
         """The S x S uint16 model-input image before augmentation (cached)."""

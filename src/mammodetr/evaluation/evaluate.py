@@ -157,6 +157,6 @@ def evaluate_checkpoint(predictor: Predictor, data_dir: str | Path, out_dir: str
     if options.max_dets is None:
         options = dataclasses.replace(options, max_dets=predictor.config.model.num_queries)
     source = {"checkpoint": str(checkpoint) if checkpoint is not None else "in-memory model",
-              "predictions_hash": file_sha256(pred_path)}
+              "predictions_hash": file_sha256(pred_path), "tta": "hflip" if predictor.tta else "none"}
     return evaluate_split(data_dir, out, preds, options, split=split, source=source, predictor=predictor,
                           report=report, n_gradcam=n_gradcam)

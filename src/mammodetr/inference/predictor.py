@@ -33,6 +33,7 @@ from .inputs import RawInput, collect_inputs, load_raw_input
 from .onnx_session import OnnxModel
 from .predictions import Prediction, PredictionError, PredictionSet
 from .quality import input_warnings
+from .tta import merge_hflip
 
 __all__ = ["Predictor", "FileResult"]
 
@@ -63,11 +64,13 @@ class Predictor:
         batch_size: images per forward pass.
         channels_last: feed channels-last inputs (the model's memory format should match).
         meta: checkpoint metadata (versions, weights SHA-256), when loaded from one.
+        tta: horizontal-flip test-time augmentation (:mod:`mammodetr.inference.tta`): two forward passes per
+            image, merged before the decoder.
     """
 
     def __init__(self, model: nn.Module | OnnxModel, config: RunConfig, *, device: str | torch.device = "cpu",
                  precision: str = "fp32", batch_size: int = DEFAULT_BATCH_SIZE, channels_last: bool = False,
-                 meta: dict | None = None) -> None:
+                 meta: dict | None = None, tta: bool = False) -> None:
         self.device = resolve_device("cpu" if isinstance(model, OnnxModel) else device)
         self.model = model
         self.config = config
@@ -75,20 +78,23 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.channels_last = channels_last
         self.meta = dict(meta or {})
+        self.tta = bool(tta)
         autocast(self.device, precision)  # validates the precision for the device
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", precision: str | None = None,
-                        *, batch_size: int = DEFAULT_BATCH_SIZE, verify: bool = True) -> "Predictor":
-        """Load a checkpoint (or run) folder. ``precision`` None means fp32."""
+                        *, batch_size: int = DEFAULT_BATCH_SIZE, verify: bool = True,
+                        tta: bool | None = None) -> "Predictor":
+        """Load a checkpoint (or run) folder. ``precision`` None means fp32; ``tta`` None means what the model was
+        validated with (``train.tta`` of its config)."""
         dev = resolve_device(device)
         model, ckpt = load_checkpoint(path, map_location=dev, verify=verify)
         return cls(model, ckpt.config, device=dev, precision=precision or "fp32", batch_size=batch_size,
-                   meta=ckpt.meta)
+                   meta=ckpt.meta, tta=ckpt.config.train.tta if tta is None else tta)
 
     @classmethod
     def from_onnx(cls, path: str | Path, *, batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None,
-                  providers: Sequence[str] | None = None) -> "Predictor":
+                  providers: Sequence[str] | None = None, tta: bool | None = None) -> "Predictor":
         """Load a model written by ``mammodetr export`` (needs ``mammodetr[onnx]``): the run config and the source
         checkpoint's metadata come from the file's metadata.
 
@@ -97,12 +103,15 @@ class Predictor:
             batch_size: images per forward pass (a fixed-batch export runs them in groups of its size).
             threads: onnxruntime intra-op threads (default: one per physical core).
             providers: onnxruntime execution providers (default: CPU).
+            tta: flip test-time augmentation; None means what the model was validated with.
 
         Raises:
             OnnxModelError: not a usable mammodetr ONNX file (one line naming it and the problem).
         """
         model = OnnxModel.load(path, providers=providers, threads=threads)
-        return cls(model, model.metadata.config, batch_size=batch_size, meta=model.metadata.meta)
+        config = model.metadata.config
+        return cls(model, config, batch_size=batch_size, meta=model.metadata.meta,
+                   tta=config.train.tta if tta is None else tta)
 
     @property
     def geometry(self) -> InputGeometry:
@@ -119,14 +128,22 @@ class Predictor:
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict:
-        """(B, 1, S, S) inputs in [0, 1] -> raw model outputs, in eval mode (every module's mode is restored)."""
+        """(B, 1, S, S) inputs in [0, 1] -> raw model outputs, in eval mode (every module's mode is restored).
+
+        With ``tta`` the outputs are those of the image and its mirror merged (:func:`~.tta.merge_hflip`).
+        """
         if isinstance(self.model, OnnxModel):
-            return self.model(images)
+            outputs = self.model(images)
+            return merge_hflip(outputs, self.model(images.flip(-1))) if self.tta else outputs
         x = images.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with eval_mode(self.model), autocast(self.device, self.precision):
-            return self.model(x)
+            outputs = self.model(x)
+            if not self.tta:
+                return outputs
+            flipped = self.model(x.flip(-1))
+        return merge_hflip(outputs, flipped)
 
     def decode(self, outputs: dict, transforms: Sequence[ImageTransform], names: Sequence[str]) -> list[Prediction]:
         return decode(outputs, transforms, names)

@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from mammodetr.models.weights import HubUnavailableError, load_state_dict_checked, read_state_dict, strip_prefixes
@@ -55,6 +56,8 @@ class Backbone(nn.Module):
         self.strides = [int(s) for s in strides]
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        self.register_buffer("pixel_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def size_divisor(self) -> int:
@@ -63,6 +66,23 @@ class Backbone(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """(B, 1|3, H, W) in [0, 1] -> (B, 3, H, W) normalised with this backbone's statistics.
+
+        Mammograms are grayscale: the single channel is repeated to RGB, so ImageNet-pretrained weights see the
+        same intensity in every channel.
+        """
+        if images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"images must be (B, 1 or 3, H, W), got {tuple(images.shape)}")
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
+
+    def pretrained_state_dict(self) -> dict[str, Tensor]:
+        """The weights as a ``pretrained=`` file must hold them for :func:`build_backbone` to load them back (the
+        keys of the backbone's own model, e.g. timm's, without our wrapper's prefix)."""
+        return dict(self.state_dict())
 
 
 class TimmBackbone(Backbone):
@@ -93,6 +113,9 @@ class TimmBackbone(Backbone):
         self.indices = indices
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
 
+    def pretrained_state_dict(self) -> dict[str, Tensor]:
+        return dict(self.body.state_dict())  # timm's own keys: a full timm model of this name loads them
+
     def forward(self, x: Tensor) -> list[Tensor]:
         if x.shape[-1] % self.size_divisor or x.shape[-2] % self.size_divisor:
             raise ValueError(
@@ -120,7 +143,9 @@ def load_local_weights(model: nn.Module, path: str, *, what: str, safe_globals: 
     """
     state = strip_prefixes(read_state_dict(path, safe_globals=safe_globals))
     filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
-    if filter_fn is not None:
+    # A file whose keys are all the model's own (e.g. from ``mammodetr pretrain``) needs no conversion, and a
+    # converter written for another layout could rename them wrongly.
+    if filter_fn is not None and not set(state) <= set(model.state_dict()):
         try:
             state = filter_fn(state, model)
         except Exception:  # a converter that does not apply to this file's layout: keep the keys as they are

@@ -41,24 +41,15 @@ class MultiTaskDETR(nn.Module):
         self.context = nn.ModuleList(DilatedContext(d_model, dilations) for _ in backbone.channels)
         self.decoder = decoder
         self.aux_loss = aux_loss
-        self.register_buffer("pixel_mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def size_divisor(self) -> int:
         return self.backbone.size_divisor
 
     def normalize(self, images: Tensor) -> Tensor:
-        """(B, 1|3, H, W) in [0, 1] -> (B, 3, H, W) normalised with the backbone's statistics.
-
-        Mammograms are grayscale: the single channel is repeated to RGB, so ImageNet-pretrained weights
-        see the same intensity in every channel.
-        """
-        if images.dim() != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"images must be (B, 1 or 3, H, W), got {tuple(images.shape)}")
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        return (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
+        """(B, 1|3, H, W) in [0, 1] -> (B, 3, H, W) normalised with the backbone's statistics
+        (:meth:`Backbone.normalize`: the grayscale channel is repeated to RGB)."""
+        return self.backbone.normalize(images)
 
     def forward(self, images: Tensor) -> dict:
         """

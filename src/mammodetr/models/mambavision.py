@@ -15,6 +15,7 @@ self-attention, inside non-overlapping windows) -> BatchNorm, average pool, line
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,8 @@ from mammodetr.models.weights import (
     read_state_dict,
     strip_prefixes,
 )
+
+log = logging.getLogger(__name__)
 
 HUB_REPO_ID = "nvidia/MambaVision-T-1K"
 HUB_FILENAME = "model.safetensors"
@@ -493,7 +496,22 @@ def load_mambavision_weights(model: MambaVision, pretrained: str | Path) -> Load
     path = _hub_file() if pretrained == "hub" else str(pretrained)
     state = strip_prefixes(read_state_dict(path, safe_globals=CHECKPOINT_SAFE_GLOBALS), ("module.", "model."))
     state = _complete_bn_counters(model, state)
+    state = _complete_classifier(model, state)
     return load_state_dict_checked(model, state, strict=True, what=f"MambaVision weights ({path})")
+
+
+def _complete_classifier(model: MambaVision, state: dict) -> dict:
+    """A backbone-only file (``mammodetr pretrain`` writes the stages, not the ImageNet head) loads strictly too:
+    the final norm and the classifier, which the detection backbone drops anyway, keep their initialisation."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    classifier = [k for k in own if k.startswith(("head.", "norm."))]
+    # Only a file without any of the classifier's tensors is backbone-only; one that lacks a few is damaged.
+    if not missing or sorted(missing) != sorted(classifier):
+        return state
+    log.info("MambaVision weights without the classifier head (a backbone-only file): head and final norm keep "
+             "their initialisation")
+    return {**state, **{k: own[k] for k in missing}}
 
 
 # ---------------------------------------------------------------------------------------------------------

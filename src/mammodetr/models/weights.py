@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
+PRETRAINED_BACKBONE_FILE = "backbone.safetensors"  # what ``mammodetr pretrain`` writes
 _CONTAINER_KEYS = ("state_dict", "model", "module", "model_state", "model_state_dict", "teacher")
 
 
@@ -43,12 +44,15 @@ class LoadReport:
 def read_state_dict(path: str | Path, *, safe_globals: Iterable[object] = ()) -> dict[str, Tensor]:
     """Read a state dict from ``.safetensors`` or a torch file (``weights_only=True``).
 
-    Torch checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``) are unwrapped.
+    Torch checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``) are unwrapped. A folder
+    written by ``mammodetr pretrain`` stands for its ``backbone.safetensors``.
 
     Raises:
         WeightsError: the file is missing, corrupt, or holds no tensors.
     """
     path = Path(path)
+    if path.is_dir() and (path / PRETRAINED_BACKBONE_FILE).is_file():
+        path = path / PRETRAINED_BACKBONE_FILE
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     if path.suffix == ".safetensors":

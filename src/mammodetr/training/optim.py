@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -10,7 +11,14 @@ from torch import nn
 from mammodetr.config import OptimConfig
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, extra_groups: Sequence[dict] = ()) -> torch.optim.AdamW:
+    """AdamW over the model's trainable parameters, plus ``extra_groups`` (e.g. learned task weights).
+
+    Raises:
+        ValueError: ``cfg.backbone_lr_mult`` is still None (auto): resolve the run config first.
+    """
+    if cfg.backbone_lr_mult is None:
+        raise ValueError("optim.backbone_lr_mult is None (auto); call RunConfig.resolve_auto() first")
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -27,7 +35,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         }
         for (is_backbone, decay), params in sorted(groups.items())
     ]
-    return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_can_fuse(param_groups))
+    all_groups = param_groups + [dict(g) for g in extra_groups]
+    return torch.optim.AdamW(all_groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_can_fuse(all_groups))
 
 
 def _can_fuse(param_groups: list[dict]) -> bool | None:

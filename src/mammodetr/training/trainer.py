@@ -3,6 +3,10 @@
 The run is set up once (:class:`_Run`), the counters that change from epoch to epoch live in a
 :class:`TrainState` (saved in every ``last`` checkpoint, so a resumed run continues exactly), and each epoch is
 train -> validate -> checkpoint -> log. Only rank 0 writes files; every checkpoint write is atomic.
+
+The training loss is the criterion's named losses recombined by the task balancer (:mod:`.task_balance`). With
+``train.ema`` the weights that are validated, saved (``best`` and ``last``) and exported are the moving average
+(:mod:`.ema`); ``last`` keeps the raw weights in its training state for an exact resume.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,7 @@ from mammodetr.checkpoint import (
     resolve_checkpoint,
     restore_weights,
     save_checkpoint,
+    unwrap_model,
 )
 from mammodetr.config import RunConfig, save_resolved
 from mammodetr.data.dataset import MammoDataset
@@ -41,12 +45,15 @@ from mammodetr.training.distributed import (
     cleanup,
     init_distributed,
 )
+from mammodetr.training.ema import ModelEma
 from mammodetr.training.engine import NonFiniteLossError, predict_loader, train_one_epoch
+from mammodetr.training.header import EtaClock, format_duration, header_lines, progress_bar
 from mammodetr.training.host_memory import keep_freed_memory
 from mammodetr.training.loader import EpochSampler, build_loader
 from mammodetr.training.optim import build_optimizer, build_scheduler
 from mammodetr.training.precision import fp32_math
 from mammodetr.training.rng import rng_state, seed_everything, set_rng_state
+from mammodetr.training.task_balance import BalancedCriterion, TaskBalancer, build_task_balancer
 
 __all__ = ["TrainState", "train", "monitor_score", "format_summary"]
 
@@ -145,14 +152,6 @@ class RunLogger:
             self.tb.close()
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    # disable=None: a bar only on a terminal; logs redirected to a file get the one line per epoch instead.
-    return tqdm(total=total, desc=desc, unit="batch", disable=None if enabled else True, leave=False,
-                dynamic_ncols=True, file=sys.stderr)
-
-
 @dataclass
 class _Run:
     """Everything a run sets up once."""
@@ -171,15 +170,30 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
+    balancer: TaskBalancer
+    loss_fn: BalancedCriterion
+    steps_per_epoch: int
+    ema: ModelEma | None = None
     train_model: torch.nn.Module = None
     train_criterion: torch.nn.Module = None
     predictor: Predictor = None
     logger: RunLogger = None
+    epoch_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated, saved and exported: the moving average when ``train.ema`` is on."""
+        return self.ema.module if self.ema is not None else self.model
 
     def training_state(self, state: TrainState, epoch: int, batch_in_epoch: int = 0, rng: dict | None = None) -> dict:
-        return {**state.saved(epoch, batch_in_epoch), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "rng": rng if rng is not None else rng_state()}
+        saved = {**state.saved(epoch, batch_in_epoch), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                 "rng": rng if rng is not None else rng_state(), "tasks": self.balancer.state_dict()}
+        if self.ema is not None:
+            # model.safetensors holds the average; the raw weights go here so that --resume continues exactly.
+            saved["ema"] = self.ema.state_dict()
+            saved["model"] = {k: v.detach().cpu().clone() for k, v in unwrap_model(self.model).state_dict().items()}
+        return saved
 
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, verify: bool = True,
@@ -259,6 +273,7 @@ def _micro_batch(cfg: RunConfig, info: DistInfo) -> int:
 
 
 def _setup(cfg: RunConfig, info: DistInfo, device: torch.device) -> _Run:
+    notes = cfg.resolve_auto()  # before the config is saved: the run folder records the decided values
     t, data, out = cfg.train, cfg.data, Path(cfg.train.out)
     micro = _micro_batch(cfg, info)
     train_ds = MammoDataset(data.path, data.train_split, image_size=data.image_size, augment=data.augment,
@@ -272,7 +287,8 @@ def _setup(cfg: RunConfig, info: DistInfo, device: torch.device) -> _Run:
     loader_args = dict(batch_size=micro, seed=t.seed, workers=data.workers, rank=info.rank,
                        world_size=info.world_size, pin_memory=pin, max_targets=cfg.loss.max_targets)
     drop_last = len(train_ds) > micro * info.world_size
-    train_loader, train_sampler = build_loader(train_ds, shuffle=True, drop_last=drop_last, **loader_args)
+    train_loader, train_sampler = build_loader(train_ds, shuffle=True, drop_last=drop_last, balance=data.balance,
+                                               **loader_args)
     val_loader, _ = build_loader(val_ds, shuffle=False, drop_last=False, **loader_args)
     model = build_model(cfg.model).to(device)
     if t.channels_last:
@@ -280,14 +296,32 @@ def _setup(cfg: RunConfig, info: DistInfo, device: torch.device) -> _Run:
     elif t.precision == "bf16" and device.type == "cpu" and info.is_main:
         log.warning("bf16 on a CPU without --channels-last: oneDNN reorders every convolution's input and output "
                     "between memory layouts, which costs most of what bf16 gains; add --channels-last")
-    criterion = build_criterion(cfg.loss, num_aux=cfg.model.dec_layers - 1 if cfg.model.aux_loss else 0)
-    optimizer = build_optimizer(model, cfg.optim)
     steps = math.ceil(len(train_loader) / t.accum_steps)
     steps = min(steps, t.max_steps_per_epoch) if t.max_steps_per_epoch else steps
-    scheduler = build_scheduler(optimizer, cfg.optim, steps, t.epochs)
-    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16" and device.type == "cuda")
-    return _Run(cfg, info, device, out, micro, train_loader, train_sampler, val_loader, val_images, model, criterion,
-                optimizer, scheduler, scaler)
+    run = _Run(cfg, info, device, out, micro, train_loader, train_sampler, val_loader, val_images, model,
+               *_optimisation(cfg, model, device, steps), steps_per_epoch=steps,
+               ema=ModelEma(model, t.ema) if t.ema else None)
+    if run.ema is not None:
+        run.optimizer.register_step_post_hook(lambda *_: run.ema.update(run.model))
+    if info.is_main:
+        for line in header_lines(cfg, train_images=load_split(data.path, data.train_split), val_images=val_images,
+                                 model=model, device=str(device), world_size=info.world_size, micro_batch=micro,
+                                 steps_per_epoch=steps, notes=notes):
+            log.info("%s", line)
+    return run
+
+
+def _optimisation(cfg: RunConfig, model: torch.nn.Module, device: torch.device, steps: int) -> tuple:
+    """(criterion, optimizer, scheduler, scaler, balancer, balanced criterion) of a run."""
+    criterion = build_criterion(cfg.loss, num_aux=cfg.model.dec_layers - 1 if cfg.model.aux_loss else 0)
+    scheduler = None
+    # The balancer reads the optimizer step count from the scheduler (restored on resume), made just below.
+    balancer = build_task_balancer(cfg.tasks, criterion, model, steps, lambda: scheduler.last_epoch,
+                                   cfg.train.log_every).to(device)
+    optimizer = build_optimizer(model, cfg.optim, balancer.param_groups())
+    scheduler = build_scheduler(optimizer, cfg.optim, steps, cfg.train.epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16" and device.type == "cuda")
+    return criterion, optimizer, scheduler, scaler, balancer, BalancedCriterion(criterion, balancer)
 
 
 def _prepare_run_folder(cfg: RunConfig, out: Path, resume: bool, overwrite: bool) -> None:
@@ -301,7 +335,15 @@ def _prepare_run_folder(cfg: RunConfig, out: Path, resume: bool, overwrite: bool
 def _resumed_state(run: _Run, verify: bool = True) -> TrainState:
     last = run.out / "checkpoints" / "last"
     saved = load_training_state(last)
-    restore_weights(run.model, last, verify=verify)
+    restore_weights(run.model, last, verify=verify)  # the file's weights (the average, with EMA), verified
+    if run.ema is not None:
+        average = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        # A run that had no EMA so far: the average starts from the saved weights.
+        run.ema.load_state_dict(saved["ema"] if "ema" in saved else {"updates": 0}, average)
+        if "ema" in saved:
+            run.model.load_state_dict(saved["model"])  # the raw weights the optimizer goes on from
+    if "tasks" in saved:
+        run.balancer.load_state_dict(saved["tasks"])
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
     run.scaler.load_state_dict(saved["scaler"])
@@ -321,9 +363,11 @@ def _wrap_for_training(run: _Run) -> None:
     # The criterion is compiled too: matching and the losses of every layer are small ops, where fusing
     # them is most of the gain.
     run.train_model = torch.compile(model) if run.cfg.train.compile else model
-    run.train_criterion = torch.compile(run.criterion) if run.cfg.train.compile else run.criterion
-    run.predictor = Predictor(run.model, run.cfg, device=run.device, precision=run.cfg.train.precision,
-                              batch_size=run.micro, channels_last=run.cfg.train.channels_last)
+    # The balancer measures gradients with autograd.grad (a graph break): only the criterion inside is compiled.
+    run.train_criterion = (BalancedCriterion(torch.compile(run.criterion), run.balancer) if run.cfg.train.compile
+                           else run.loss_fn)
+    run.predictor = Predictor(run.eval_model, run.cfg, device=run.device, precision=run.cfg.train.precision,
+                              batch_size=run.micro, channels_last=run.cfg.train.channels_last, tta=run.cfg.train.tta)
     run.logger = RunLogger(run.out, run.info.is_main, run.cfg.train.tensorboard)
 
 
@@ -331,15 +375,20 @@ def _run_epochs(run: _Run, state: TrainState, progress: bool) -> None:
     _wrap_for_training(run)
     t = run.cfg.train
     for epoch in range(state.epoch, t.epochs):
+        started = time.perf_counter()
         record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in _train_epoch(run, state, epoch, progress).items()}}
+        record.update({f"train_{k}": v for k, v in run.balancer.epoch_summary().items()})
         if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
             record.update(_validate(run, state, epoch))
+        run.epoch_seconds.append(time.perf_counter() - started)
+        record["seconds"] = run.epoch_seconds[-1]
         if run.info.is_main:
-            save_checkpoint(run.out / "checkpoints" / "last", run.model, run.cfg,
+            save_checkpoint(run.out / "checkpoints" / "last", run.eval_model, run.cfg,
                             meta={"epoch": epoch + 1, "val": state.last_val},
                             training_state=run.training_state(state, epoch + 1))
             run.logger.epoch(record)
-            log.info(_epoch_line(record))
+            eta = sum(run.epoch_seconds) / len(run.epoch_seconds) * (t.epochs - epoch - 1)
+            log.info(_epoch_line(record) + f" | ETA {format_duration(eta)}")
         barrier(run.info)
         state.epoch, state.batch_in_epoch = epoch + 1, 0
         state.epochs_done += 1
@@ -352,7 +401,10 @@ def _train_epoch(run: _Run, state: TrainState, epoch: int, progress: bool) -> di
     t = run.cfg.train
     state.position = {"batches": state.batch_in_epoch}
     run.train_sampler.set_epoch(epoch, skip=state.batch_in_epoch * run.micro)
-    bar = _progress(len(run.train_loader), f"epoch {epoch + 1}/{t.epochs}", progress and run.info.is_main)
+    bar = progress_bar(len(run.train_loader), f"epoch {epoch + 1}/{t.epochs}", progress and run.info.is_main)
+    per_epoch = min(len(run.train_loader), t.max_steps_per_epoch * t.accum_steps or len(run.train_loader))
+    bar = EtaClock(bar, per_epoch * (t.epochs - epoch) - state.batch_in_epoch,
+                   enabled=run.info.is_main and not run.epoch_seconds)
     try:
         return train_one_epoch(
             run.train_model, run.train_criterion, run.train_loader, run.optimizer, run.scheduler, run.scaler,
@@ -367,7 +419,7 @@ def _train_epoch(run: _Run, state: TrainState, epoch: int, progress: bool) -> di
 def _validate(run: _Run, state: TrainState, epoch: int) -> dict:
     """Validation metrics (computed on rank 0, shared), the best checkpoint, the early-stopping count."""
     t = run.cfg.train
-    preds, val_losses = predict_loader(run.predictor, run.criterion, run.val_loader,
+    preds, val_losses = predict_loader(run.predictor, run.loss_fn, run.val_loader,
                                        on_bad_samples=run.logger.bad_samples)
     gathered = [p for part in all_gather_objects(preds, run.info) for p in part]
     by_name = {p.file_name: p for p in gathered}  # the distributed sampler pads with repeats
@@ -384,7 +436,7 @@ def _validate(run: _Run, state: TrainState, epoch: int) -> dict:
     if score > state.best_score:
         state.best_score, state.best_epoch, state.bad_evals = score, epoch + 1, 0
         if run.info.is_main:
-            save_checkpoint(run.out / "checkpoints" / "best", run.model, run.cfg,
+            save_checkpoint(run.out / "checkpoints" / "best", run.eval_model, run.cfg,
                             meta={"epoch": epoch + 1, "val": state.last_val, "monitor": t.monitor, "score": score})
     else:
         state.bad_evals += t.eval_every
@@ -398,7 +450,7 @@ def _save_interrupted(run: _Run, state: TrainState) -> None:
         # Weights are those after the last completed optimizer step; the position in the epoch is
         # saved with them, so --resume continues with the batches not yet seen.
         batches = state.position["batches"]
-        save_checkpoint(run.out / "checkpoints" / "last", run.model, run.cfg,
+        save_checkpoint(run.out / "checkpoints" / "last", run.eval_model, run.cfg,
                         meta={"epoch": epoch, "interrupted": True, "batch_in_epoch": batches},
                         training_state=run.training_state(state, epoch, batches, state.position.get("rng")))
         log.warning("interrupted: saved %s", run.out / "checkpoints" / "last")
@@ -423,6 +475,10 @@ def _summary(run: _Run, state: TrainState, seconds: float) -> dict:
 
 def _epoch_line(record: dict) -> str:
     parts = [f"epoch {record['epoch']}", f"loss {record.get('train_loss', float('nan')):.4f}"]
+    if "train_task_image" in record:  # the balance of the two tasks, as the shared backbone receives it
+        parts.append(f"image {record['train_task_image']:.4f} / det {record['train_task_det']:.4f}")
+    if record.get("train_grad_ratio_det_image") is not None:
+        parts.append(f"grad det/image {record['train_grad_ratio_det_image']:.2f}")
     for k in ("auc", "recall25", "map50"):
         v = record.get(f"val_{k}")
         if v is not None:
