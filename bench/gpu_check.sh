@@ -17,7 +17,7 @@ python3 bench/model_speed.py --device cuda --backbones resnet50 convnextv2_tiny 
   --memory-formats channels_last --train-batch 32 --iters 10 --warmup 3 --out "$RESULTS/model_speed_cuda_b32.json"
 
 python3 -m mammodetr synth --out "$W/raw" --patients 200 --size 640 512 --format png --seed 0 --no-progress
-python3 -m mammodetr prepare --source csv --input "$W/raw/table.csv" --out "$W/ds" --workers 8 --no-progress | tail -1
+python3 -m mammodetr prepare --source csv --input "$W/raw/table.csv" --out "$W/ds" --id-key "$W/id.key" --workers 8 --no-progress | tail -1
 python3 -m mammodetr split --data "$W/ds" --seed 0 | tail -1
 
 echo "== 2. recipes/convnextv2_tiny.sh, 2 epochs (no hub weights: --pretrained none), GPU utilisation sampled"

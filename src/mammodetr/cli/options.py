@@ -95,10 +95,9 @@ def add_field_flag(parser, cls: type, name: str, flag: str | None = None, help: 
     default = {f.name: f for f in dataclasses.fields(cls)}[name]
     shown = default.default if default.default is not dataclasses.MISSING else default.default_factory()
     text = help if help is not None else field_help(cls).get(name, "")
-    # argparse %-formats help texts: a docstring's "25 %" must reach it as "25 %%".
-    text = f"{text} (default: {_shown(shown)})".strip().replace("%", "%%")
-    spec = {"dest": name, "default": None, "help": text, **_flag_spec(hint),
-            **extra}
+    # argparse %-formats help strings: a docstring's "10-25 % of" would crash --help, so % is literal here
+    shown_help = f"{text} (default: {_shown(shown)})".strip().replace("%", "%%")
+    spec = {"dest": name, "default": None, "help": shown_help, **_flag_spec(hint), **extra}
     if "min" in default.metadata and "type" in spec:
         spec["type"] = _at_least(spec["type"], default.metadata["min"])
     parser.add_argument(flag or "--" + name.replace("_", "-"), **spec)
