@@ -310,7 +310,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    root = Path(args.out)
+    root = Path(args.out).resolve()  # the subsets link to the prepared images by absolute path
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     info = make_data(root, args)
