@@ -56,6 +56,19 @@ def test_export_refuses_an_existing_file_in_one_line(setup, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exists" in err[0] and "--overwrite" in err[0] and str(model) in err[0]
     assert model.read_bytes() == before and before[:1] != b"a"  # the fixture's --overwrite replaced the old file
+    # ... which it moved aside, never deleted
+    assert [p.read_bytes() for p in model.parent.glob("model.onnx.replaced-*")] == [b"an older export"]
+
+
+@pytest.mark.parametrize("inside", ["model.safetensors", "model.onnx", "."])
+def test_export_never_writes_into_or_over_the_checkpoint(setup, capsys, inside):
+    ckpt, _, _ = setup
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    out = ckpt / inside
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and "--checkpoint" in err[0] and "Traceback" not in err[0]
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -94,11 +107,15 @@ def test_predict_with_the_onnx_model_gives_the_checkpoints_predictions(setup, tm
 
 
 def test_unrounded_boxes_in_original_pixels_agree(setup):
+    from mammodetr.data.preprocess import PrepareOptions
     from mammodetr.inference.predictor import Predictor
 
     ckpt, model, images = setup
     onnx_predictor = Predictor.from_onnx(model, batch_size=3)
     assert onnx_predictor.meta["operating_threshold"] == 0.3  # the checkpoint's metadata travels in the file
+    # raw files are prepared as the training data were, background masking included (the default since issue 15)
+    assert onnx_predictor.prepare_options.mask_background and onnx_predictor.prepare_options == PrepareOptions(
+        max_side=96, flip_to="L")
     got = onnx_predictor.predict_files(images)
     expected = Predictor.from_checkpoint(ckpt, device="cpu", batch_size=3).predict_files(images)
     moved = 0

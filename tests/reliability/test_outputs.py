@@ -5,6 +5,7 @@ on stderr with exit code 2. Train and checkpoints: test_outputs_train.py. Items 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -23,6 +24,9 @@ from tests.reliability._outputs_fs import (
     tree,
     write_pickle_payload,
 )
+
+# the onnx extra is part of .[dev]; without it tests/cli/test_export.py is skipped and so is this load path
+_HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +215,7 @@ def _load_paths(ckpt, scans, tmp_path, data, preds):
                                           "--bootstrap", "0", "--no-report"],
         "gradcam": ["gradcam", "--checkpoint", c, str(scans / "c.png"), "--out", f"{tmp_path}/cam"],
         "serve": ["serve", "--checkpoint", c],
+        **({"export": ["export", "--checkpoint", c, "--out", f"{tmp_path}/m.onnx", "--no-check"]} if _HAS_ONNX else {}),
     }
 
 

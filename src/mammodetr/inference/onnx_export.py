@@ -27,8 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from mammodetr._version import __version__
-from mammodetr.checkpoint import MODEL_FILE, file_sha256, load_checkpoint, weights_sha256
+from mammodetr.checkpoint import MODEL_FILE, file_sha256, load_checkpoint, resolve_checkpoint, weights_sha256
 from mammodetr.config import RunConfig
+from mammodetr.outputs import check_fresh, check_separate, move_aside
 
 from .decode import malignancy_probability
 from .device import eval_mode
@@ -72,12 +73,14 @@ class ExportOptions:
 
 @dataclass
 class ExportResult:
-    """What :func:`export_onnx` wrote: the file, its size, the export time and the parity check's errors."""
+    """What :func:`export_onnx` wrote: the file, its size, the export time, the parity check's errors and where
+    the file it replaced (``overwrite``) was moved."""
 
     path: Path
     size_bytes: int
     seconds: float
     parity: dict[str, float] = field(default_factory=dict)
+    replaced: Path | None = None
 
 
 class ExportGraph(nn.Module):
@@ -123,17 +126,10 @@ def _check_options(options: ExportOptions, out: Path, overwrite: bool) -> int | 
     if options.opset < MIN_OPSET:
         raise ValueError(f"opset must be at least {MIN_OPSET} (the dynamo exporter's first), got {options.opset}")
     batch = options.fixed_batch()
-    refuse_existing(out, overwrite)
-    return batch
-
-
-def refuse_existing(out: str | Path, overwrite: bool) -> None:
-    """Refuse to replace an existing file (or any directory) unless ``overwrite``."""
-    out = Path(out)
     if out.is_dir():
         raise IsADirectoryError(f"{out}: is a folder; give the .onnx file to write")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: exists; pass --overwrite (overwrite=True) to replace it")
+    check_fresh(out, overwrite=overwrite, flag="--out")
+    return batch
 
 
 @contextlib.contextmanager
@@ -187,7 +183,9 @@ def export_onnx(model: nn.Module, config: RunConfig, out: str | Path, *, meta: d
         options: opset, batch, precision, parity check.
 
     Raises:
-        FileExistsError: ``out`` exists and ``overwrite`` is False (checked before anything is exported).
+        OutputConflictError: ``out`` exists and ``overwrite`` is False (checked before anything is exported);
+            with ``overwrite`` the earlier file is moved aside (``NAME.replaced-<date>-<time>``, never deleted)
+            once the new one passed its checks.
         ValueError: bad options, or the onnx extra is missing.
         RuntimeError: the parity check failed (nothing is written).
     """
@@ -209,24 +207,23 @@ def export_onnx(model: nn.Module, config: RunConfig, out: str | Path, *, meta: d
             onnx.checker.check_model(str(tmp), full_check=True)
             seconds = time.perf_counter() - start
             parity = _check_parity(graph, tmp, batch, size) if options.check else {}
-        _place(tmp, out, overwrite)
+        replaced = _place(tmp, out, overwrite)
     finally:
         tmp.unlink(missing_ok=True)
-    return ExportResult(out, out.stat().st_size, seconds, parity)
+    return ExportResult(out, out.stat().st_size, seconds, parity, replaced)
 
 
-def _place(tmp: Path, out: Path, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, out)
-        return
+def _place(tmp: Path, out: Path, overwrite: bool) -> Path | None:
+    """Move the checked file to ``out``; an earlier one (``overwrite``) is moved aside first, never deleted."""
+    replaced = move_aside(out) if check_fresh(out, overwrite=overwrite, flag="--out") else None
     try:
         os.link(tmp, out)  # atomic, and refuses a file that appeared while the model was exported
     except FileExistsError:
-        raise FileExistsError(f"{out}: appeared while exporting; pass --overwrite (overwrite=True) to replace it"
-                              ) from None
+        raise FileExistsError(f"{out}: appeared while exporting; nothing was replaced, run it again") from None
     except OSError:  # a file system without hard links
-        refuse_existing(out, overwrite)
+        check_fresh(out, overwrite=False, flag="--out")
         os.replace(tmp, out)
+    return replaced
 
 
 def parity_error(graph: ExportGraph, onnx_model: OnnxModel, images: Tensor) -> dict[str, float]:
@@ -249,8 +246,10 @@ def _check_parity(graph: ExportGraph, path: Path, batch: int | None, size: int) 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, options: ExportOptions | None = None,
                       overwrite: bool = False, verify: bool = True) -> ExportResult:
-    """:func:`export_onnx` of a checkpoint (or run) folder; ``out`` is refused before the weights are read."""
+    """:func:`export_onnx` of a checkpoint (or run) folder; ``out`` is refused before the weights are read when it
+    exists (without ``overwrite``) or is, lies inside or contains the checkpoint folder (``OutputConflictError``)."""
     options = options or ExportOptions()
+    check_separate({"--out": out}, {"--checkpoint": resolve_checkpoint(checkpoint)})
     _check_options(options, Path(out), overwrite)
     _import_exporter()
     model, ckpt = load_checkpoint(checkpoint, "cpu", verify=verify)
