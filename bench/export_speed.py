@@ -8,6 +8,8 @@ For each backbone at 512x512, batch 1 (random weights: latency does not depend o
     a shared machine hit every runtime alike; ratios are medians of per-round ratios to PyTorch fp32
     (goal: onnxruntime <= 0.8x for the convolutional backbones);
   - parity: max |onnxruntime - PyTorch fp32| of p_malignant, boxes and scores on synthetic images.
+PyTorch runs with freed memory kept in the process (as bench/model_speed.py and the trainer do) and onnxruntime's
+pool threads do not spin between runs (spinning threads slow the PyTorch run that follows them).
 Each backbone runs in its own subprocess, with the same number of threads for PyTorch and onnxruntime.
 
     python bench/export_speed.py                                  # all backbones, 2 threads, 7 rounds
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -39,6 +42,9 @@ def _session(path: Path, threads: int, level: str):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # ORT's pool threads spin after a run by default: in alternating rounds they took the cores from the PyTorch
+    # run that followed (its latency 3-10x what bench/model_speed.py measures), so they sleep here.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -95,12 +101,21 @@ def _max_errors(outputs, reference) -> dict[str, float]:
 def measure_one(backbone: str, size: int, iters: int, warmup: int, threads: int, variants: bool) -> dict:
     import torch
 
+    from mammodetr.training.host_memory import keep_freed_memory
+
+    torch.set_num_threads(threads)
+    with keep_freed_memory():  # as bench/model_speed.py: glibc would unmap and re-fault PyTorch's activations
+        return _measure(backbone, size, iters, warmup, threads, variants)
+
+
+def _measure(backbone: str, size: int, iters: int, warmup: int, threads: int, variants: bool) -> dict:
+    import torch
+
     from mammodetr.config import RunConfig
     from mammodetr.inference.onnx_export import ExportGraph, ExportOptions, export_onnx, synthetic_images
     from mammodetr.models.config import ModelConfig
     from mammodetr.models.detr import build_model
 
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     config = RunConfig(model=ModelConfig(backbone=backbone, pretrained="none", dropout=0.0))
     config.data.image_size = size
@@ -192,7 +207,8 @@ def main() -> int:
     meta = {"command": " ".join(["python", "bench/export_speed.py", *sys.argv[1:]]),
             "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "goal": {"ort_all_ratio_to_torch_fp32": 0.8}}
+            "goal": {"ort_all_ratio_to_torch_fp32": 0.8}, "ort_allow_spinning": 0, "torch_keep_freed_memory": True,
+            "load_average_1min_at_end": os.getloadavg()[0]}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
     return 0
